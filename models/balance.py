@@ -1,0 +1,175 @@
+"""Balance a dataset: turn K normal ``train`` images into synthetic lesion images (paper 000, Results:
+"300 normal images of the Cambodia data set were transformed ... leading to ... 334 high grade").
+
+The output folder holds::
+
+    manifest.csv              every original row (paths rewritten relative to this folder, synthetic=0)
+                              + one row per synthetic image (label = lesion label, split = train,
+                              synthetic=1, source_image, seed, model_version)
+    synthetic/syn_00000.png   the synthetic images
+    balance.json              the settings of the run (a rerun with other settings is refused)
+
+Rerunning resumes: the plan (which source image and seed make synthetic image i) is a pure function of
+the manifest, count and seed, each image is written atomically, and images already on disk are skipped.
+Only ``train`` rows are ever used as sources, and synthetic rows are always ``train``: nothing synthetic
+leaks into validation or test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from models.artifacts import atomic_write_bytes, atomic_write_json
+from models.data.images import encode_png
+from models.data.manifest import Manifest, Row, load_manifest
+from models.diffusion.inpaint import DEFAULT_STEPS, DEFAULT_STRENGTH, LesionInpainter, check_parameters
+from models.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_COLUMNS = ("synthetic", "source_image", "seed", "model_version")
+
+
+@dataclass
+class BalanceSettings:
+    manifest: Path
+    model: Path
+    normal_label: str
+    lesion_label: str
+    count: int
+    out: Path
+    seed: int = 0
+    steps: int | None = None
+    strength: float | None = None
+    batch_size: int = 8
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    index: int
+    source: Row
+    seed: int
+
+    @property
+    def file_name(self) -> str:
+        return f"synthetic/syn_{self.index:05d}.png"
+
+
+def plan(manifest: Manifest, normal_label: str, count: int, seed: int) -> list[PlannedImage]:
+    """Which normal train image and which seed make synthetic image i, for i < count.
+
+    Sources are a seeded permutation of the normal train rows; past one pass (count > normals) the same
+    images are reused with new seeds, which gives different lesions.
+    """
+    normals = manifest.rows_in("train", normal_label)
+    if not normals:
+        raise ConfigError(f"no 'train' rows with label {normal_label!r} to turn into lesions")
+    order = np.random.default_rng(seed).permutation(len(normals))
+    if count > len(normals):
+        log.warning("count %d > %d normal train images: sources are reused with new seeds", count, len(normals))
+    return [
+        PlannedImage(
+            index=i,
+            source=normals[order[i % len(normals)]],
+            seed=int(np.random.default_rng([seed, i]).integers(0, 2**62)),
+        )
+        for i in range(count)
+    ]
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def balanced_manifest_text(manifest: Manifest, planned: list[PlannedImage], out: Path, lesion_label: str,
+                           model_version: str) -> str:
+    columns = list(manifest.columns) + [c for c in SYNTHETIC_COLUMNS if c not in manifest.columns]
+    rows: list[Row] = []
+    for row in manifest.rows:
+        fields = dict(row.fields)
+        fields["image_path"] = _relative(row.image_file, out)
+        fields["mask_path"] = _relative(row.mask_file, out)
+        fields.setdefault("synthetic", "0")
+        fields["synthetic"] = fields["synthetic"] or "0"
+        rows.append(Row(row.number, fields, out))
+    for p in planned:
+        # Extra columns of the source (e.g. a diagnosis of "nevus") would be wrong for a synthetic lesion,
+        # so synthetic rows carry only what is known about them.
+        fields = {
+            "image_path": p.file_name,
+            "mask_path": _relative(p.source.mask_file, out),
+            "label": lesion_label,
+            "split": "train",
+            "synthetic": "1",
+            "source_image": _relative(p.source.image_file, out),
+            "seed": str(p.seed),
+            "model_version": model_version,
+        }
+        rows.append(Row(0, fields, out))
+    return manifest.to_csv(columns=columns, rows=rows)
+
+
+def balance_dataset(s: BalanceSettings) -> Path:
+    """Run (or resume) a balancing; return the path of the new manifest."""
+    if s.count < 1:
+        raise ConfigError("--count must be >= 1")
+    if s.normal_label == s.lesion_label:
+        raise ConfigError("--normal-label and --lesion-label must differ")
+    check_parameters(
+        DEFAULT_STEPS if s.steps is None else s.steps, DEFAULT_STRENGTH if s.strength is None else s.strength, s.seed
+    )
+    manifest = load_manifest(s.manifest, progress=s.progress)
+    manifest.require_label(s.normal_label)
+    inpainter = LesionInpainter.from_pretrained(s.model, batch_size=s.batch_size)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if out.resolve() == Path(s.manifest).resolve().parent:
+        raise ConfigError("--out must be a new folder, not the folder of the input manifest")
+
+    settings = {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items() if k not in ("progress", "batch_size", "out")},
+        "manifest_sha256": manifest.sha256(),
+        "model_version": inpainter.model_version,
+    }
+    record = out / "balance.json"
+    if record.exists():
+        previous = json.loads(record.read_text())
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        if changed:
+            raise ConfigError(
+                f"{out} holds a balance run with different {', '.join(changed)}; use a new --out folder"
+            )
+    else:
+        atomic_write_json(record, settings)
+
+    planned = plan(manifest, s.normal_label, s.count, s.seed)
+    todo = [p for p in planned if not (out / p.file_name).is_file()]
+    if len(todo) < len(planned):
+        log.info("resuming: %d of %d synthetic images already done", len(planned) - len(todo), len(planned))
+    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="balance", unit="img",
+              disable=not s.progress) as bar:
+        for start in range(0, len(todo), s.batch_size):
+            chunk = todo[start : start + s.batch_size]
+            pairs = [p.source.load() for p in chunk]
+            results = inpainter.inpaint_batch(
+                [img for img, _ in pairs], [msk for _, msk in pairs], [p.seed for p in chunk],
+                steps=s.steps, strength=s.strength,
+            )
+            for p, result in zip(chunk, results, strict=True):
+                atomic_write_bytes(out / p.file_name, encode_png(result))
+            bar.update(len(chunk))
+
+    target = out / "manifest.csv"
+    atomic_write_bytes(
+        target,
+        balanced_manifest_text(manifest, planned, out, s.lesion_label, inpainter.model_version).encode(),
+    )
+    return target

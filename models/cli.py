@@ -1,0 +1,210 @@
+"""The ``lesionsynth`` command line.
+
+Each command is a thin wrapper over a function in ``models`` (the services call the same functions).
+Heavy imports (torch, diffusers) happen inside commands so ``--help`` is instant. Every error a user can
+fix is a :class:`~models.errors.LesionsynthError`: it is printed as one clear message and the command
+exits with status 2 without writing its output.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from models.errors import LesionsynthError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
+data_app = typer.Typer(no_args_is_help=True, help="Dataset manifests: check, split, demo data.")
+app.add_typer(data_app, name="data")
+err = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Turn LesionsynthError into a red one-line (or one-list) message and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LesionsynthError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+ManifestOpt = Annotated[Path, typer.Option("--manifest", "-m", help="CSV manifest (image_path,mask_path,label,...)")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+
+
+@data_app.command("check")
+@user_errors
+def data_check(
+    manifest: ManifestOpt,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated allowed labels.")] = None,
+) -> None:
+    """Validate every row (files, decoding, sizes, masks, labels) and list all problems at once."""
+    from models.data.manifest import load_manifest
+
+    m = load_manifest(manifest, labels.split(",") if labels else None, progress=True)
+    counts = {lab: sum(r.label == lab for r in m.rows) for lab in m.labels()}
+    typer.echo(f"ok: {len(m.rows)} rows, labels {counts}")
+
+
+@data_app.command("split")
+@user_errors
+def data_split(
+    manifest: ManifestOpt,
+    test_fraction: Annotated[float, typer.Option(help="Fraction of each label for test.")] = 0.2,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of each label for validation.")] = 0.1,
+    seed: SeedOpt = 0,
+    out: Annotated[Path | None, typer.Option(help="Write here instead of over --manifest.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing split column.")] = False,
+) -> None:
+    """Add a stratified train/val/test `split` column (test rows are never used for training)."""
+    from models.data.manifest import load_manifest
+    from models.data.split import add_split
+
+    m = load_manifest(manifest, progress=True)
+    counts = add_split(m, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, force=force)
+    target = m.save(out)
+    for (split, label), n in sorted(counts.items()):
+        typer.echo(f"{split:5s} {label:20s} {n}")
+    typer.echo(f"wrote {target}")
+
+
+@data_app.command("demo")
+@user_errors
+def data_demo(
+    out: Annotated[Path, typer.Argument(help="Folder to write the demo dataset into.")],
+    n_lesion: int = 24,
+    n_normal: int = 72,
+    size: int = 64,
+    seed: SeedOpt = 0,
+) -> None:
+    """Write a small procedurally generated, NON-MEDICAL demo dataset (images, masks, manifest)."""
+    from models.data.demo import write_demo_dataset
+
+    path = write_demo_dataset(out, n_lesion=n_lesion, n_normal=n_normal, size=size, seed=seed, progress=True)
+    typer.echo(f"wrote {path} (synthetic non-medical demo data)")
+
+
+@app.command("train-synthesizer")
+@user_errors
+def train_synthesizer_cmd(
+    manifest: ManifestOpt,
+    lesion_label: Annotated[str, typer.Option(help="Label of the lesion class to learn.")],
+    out: Annotated[Path, typer.Option(help="Output model folder.")],
+    resolution: Annotated[int, typer.Option(help="Crop side the UNet sees: 32, 64, 128 or 256.")] = 64,
+    preset: Annotated[str, typer.Option(help="UNet size: tiny, small, base.")] = "small",
+    mask_conditioning: Annotated[bool, typer.Option(help="Give the UNet the mask as a 4th channel.")] = False,
+    max_steps: int = 2000,
+    batch_size: int = 8,
+    learning_rate: float = 2e-4,
+    checkpoint_every: int = 500,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
+    seed: SeedOpt = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")] = None,
+) -> None:
+    """Train the DDPM on the masked lesion regions of the `train` lesion images (paper 000)."""
+    from models.diffusion.config import SynthesizerConfig
+    from models.diffusion.train import TrainSettings, train_synthesizer
+
+    config = SynthesizerConfig(resolution=resolution, preset=preset, mask_conditioning=mask_conditioning)
+    card = train_synthesizer(
+        TrainSettings(
+            manifest=manifest, lesion_label=lesion_label, out=out, config=config, max_steps=max_steps,
+            batch_size=batch_size, learning_rate=learning_rate, checkpoint_every=checkpoint_every,
+            resume=resume, seed=seed, device=device,
+        )
+    )
+    last = card["loss_curve"][-1][1] if card["loss_curve"] else float("nan")
+    typer.echo(f"wrote {out} (model version {card['model_version']}, {card['steps']} steps, loss {last:.4f})")
+
+
+@app.command("synthesize")
+@user_errors
+def synthesize_cmd(
+    model: Annotated[Path, typer.Option(help="Synthesizer folder.")],
+    image: Annotated[Path, typer.Option(help="Input image.")],
+    mask: Annotated[Path, typer.Option(help="Mask: > 127 marks where to paint the lesion.")],
+    out: Annotated[Path, typer.Option(help="Output PNG.")],
+    seed: SeedOpt = 0,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default 25).")] = None,
+    strength: Annotated[float | None, typer.Option(help="Noise level in (0, 1]; 1 = from pure noise.")] = None,
+) -> None:
+    """Paint a synthetic lesion into the masked region of one image."""
+    from models.artifacts import atomic_write_bytes
+    from models.data.images import decode_image, decode_mask, encode_png
+    from models.diffusion.inpaint import LesionInpainter
+
+    img = decode_image(image, role="image")
+    msk = decode_mask(mask, role="mask")
+    inpainter = LesionInpainter.from_pretrained(model)
+    result = inpainter.inpaint(img, msk, seed=seed, steps=steps, strength=strength)
+    atomic_write_bytes(out, encode_png(result))
+    typer.echo(f"wrote {out}")
+
+
+@app.command("balance")
+@user_errors
+def balance_cmd(
+    manifest: ManifestOpt,
+    model: Annotated[Path, typer.Option(help="Synthesizer folder.")],
+    normal_label: Annotated[str, typer.Option(help="Label of the images to transform.")],
+    lesion_label: Annotated[str, typer.Option(help="Label the synthetic images get.")],
+    count: Annotated[int, typer.Option(help="How many synthetic lesion images to make.")],
+    out: Annotated[Path, typer.Option(help="Output folder (manifest.csv + synthetic/).")],
+    seed: SeedOpt = 0,
+    steps: int | None = None,
+    strength: float | None = None,
+    batch_size: int = 8,
+) -> None:
+    """Turn COUNT normal train images into synthetic lesions; write the balanced manifest (resumable)."""
+    from models.balance import BalanceSettings, balance_dataset
+
+    path = balance_dataset(
+        BalanceSettings(
+            manifest=manifest, model=model, normal_label=normal_label, lesion_label=lesion_label,
+            count=count, out=out, seed=seed, steps=steps, strength=strength, batch_size=batch_size,
+        )
+    )
+    typer.echo(f"wrote {path}")
+
+
+@app.command("grid")
+@user_errors
+def grid_cmd(
+    manifest: ManifestOpt,
+    model: Annotated[Path, typer.Option(help="Synthesizer folder.")],
+    label: Annotated[str, typer.Option(help="Label of the source images (e.g. the normal class).")],
+    out: Annotated[Path, typer.Option(help="Output PNG.")],
+    split: Annotated[str, typer.Option(help="Split to take the source images from.")] = "test",
+    n_images: int = 4,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one column each.")] = "0,1,2",
+    steps: int | None = None,
+    strength: float | None = None,
+) -> None:
+    """Save a figure: source image, its mask, and the synthetic lesion for several seeds."""
+    from models.evaluation.grid import synthesis_grid
+
+    path = synthesis_grid(
+        manifest, model, label, out, split=split, n_images=n_images,
+        seeds=[int(s) for s in seeds.split(",")], steps=steps, strength=strength,
+    )
+    typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

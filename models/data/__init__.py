@@ -1,0 +1,1 @@
+"""Datasets: safe image decoding, CSV manifests, splits, lesion regions and the demo data generator."""

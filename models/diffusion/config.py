@@ -1,0 +1,115 @@
+"""Synthesizer configuration: UNet architecture presets and the noise schedule.
+
+The config is captured in the model folder (``unet/config.json``, ``scheduler/scheduler_config.json`` and
+``model_card.json``), so a saved synthesizer is rebuilt from its folder alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from models.data.regions import DEFAULT_MARGIN
+from models.errors import ConfigError
+
+#: UNet presets. ``small`` is the 3.0 M-parameter UNet measured in ../shared/STACK.md (27 ms per forward
+#: at 64x64 on 2 CPU cores); ``tiny`` is for tests and the demo; ``base`` for 128/256 px on a GPU.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    ),
+    "small": dict(
+        block_out_channels=(32, 64, 64, 128),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+    ),
+    "base": dict(
+        block_out_channels=(64, 128, 128, 256),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+    ),
+}
+
+RESOLUTIONS = (32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class SynthesizerConfig:
+    """Everything that defines a synthesizer's architecture and its training-time crops.
+
+    Attributes:
+        resolution: side of the square lesion crop the UNet sees (paper 000 trains on extracted regions).
+        preset: UNet size, a key of :data:`PRESETS`.
+        mask_conditioning: feed the region mask as a 4th input channel (see docs/DESIGN.md for the
+            measurement that chose the default).
+        margin: context around the mask's bounding box, as a fraction of its longer side.
+        num_train_timesteps, beta_schedule: the DDPM forward process (Ho et al. 2020, Eq. 4).
+    """
+
+    resolution: int = 64
+    preset: str = "small"
+    mask_conditioning: bool = False
+    margin: float = DEFAULT_MARGIN
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.resolution not in RESOLUTIONS:
+            raise ConfigError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
+        levels = len(PRESETS[self.preset]["block_out_channels"])
+        if self.resolution % (2 ** (levels - 1)) or self.resolution < 2 ** (levels + 1):
+            raise ConfigError(f"resolution {self.resolution} is too small for preset {self.preset!r}")
+        if not 0.0 <= self.margin <= 1.0:
+            raise ConfigError("margin must be in [0, 1]")
+
+    @property
+    def in_channels(self) -> int:
+        return 4 if self.mask_conditioning else 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SynthesizerConfig:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def build_unet(config: SynthesizerConfig) -> UNet2DModel:
+    """A diffusers ``UNet2DModel`` predicting the noise epsilon of Ho et al. 2020, Eq. 14."""
+    return UNet2DModel(
+        sample_size=config.resolution,
+        in_channels=config.in_channels,
+        out_channels=3,
+        **PRESETS[config.preset],
+    )
+
+
+def build_train_scheduler(config: SynthesizerConfig) -> DDPMScheduler:
+    """The forward process q(x_t | x_0) (Ho et al. 2020, Eq. 4) used to noise training crops.
+
+    ``squaredcos_cap_v2`` (Nichol & Dhariwal 2021) rather than the linear schedule: at 32-64 px the linear
+    schedule destroys the image in the first third of the steps, wasting most of the training signal.
+    """
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+
+
+def build_sample_scheduler(train_scheduler_config) -> DDIMScheduler:
+    """Deterministic DDIM sampler (Song et al. 2021, Eq. 12 with eta = 0) on the training schedule."""
+    return DDIMScheduler.from_config(train_scheduler_config)

@@ -1,0 +1,203 @@
+"""Train the lesion synthesizer: a DDPM on the masked lesion regions of lesion images (paper 000).
+
+Read top to bottom, :func:`train_synthesizer` is the recipe:
+
+1. validate the manifest and take the ``train`` rows of the lesion class (never ``val``/``test``);
+2. extract each lesion region (mask bounding box + margin, square, resized) into memory;
+3. build the UNet, the DDPM schedule, AdamW and an EMA of the weights;
+4. resume from the newest checkpoint when asked;
+5. optimise the simplified DDPM objective  L = || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2
+   (Ho et al. 2020, Eq. 14 / Algorithm 1), checkpointing every N steps;
+6. write the EMA weights as a diffusers folder with a model card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from models.data.manifest import load_manifest
+from models.diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from models.diffusion.config import SynthesizerConfig, build_train_scheduler, build_unet
+from models.diffusion.crops import LesionCrops
+from models.diffusion.folder import CARD_NAME, read_card, write_synthesizer
+from models.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    manifest: Path
+    lesion_label: str
+    out: Path
+    config: SynthesizerConfig = SynthesizerConfig()
+    max_steps: int = 2000
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    warmup_steps: int = 100
+    ema_max_decay: float = 0.999
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    device: str | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.max_steps < 1:
+            raise ConfigError("--max-steps must be >= 1")
+        if not 1 <= self.batch_size <= 1024:
+            raise ConfigError("--batch-size must be in [1, 1024]")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ConfigError("checkpoint and log intervals must be >= 1")
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (fp16 where bf16 is missing, with a GradScaler); nothing on CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+def train_synthesizer(s: TrainSettings) -> dict:
+    """Run the recipe; return the model card of the finished synthesizer."""
+    s.check()
+    out, ckpt_root = Path(s.out), Path(s.out) / "checkpoints"
+    if not s.resume and (latest_checkpoint(ckpt_root) or (out / CARD_NAME).exists()):
+        raise ConfigError(
+            f"{out} already holds a training run; pass --resume to continue it or choose a new --out"
+        )
+
+    # 1. Data: the train rows of the lesion class only.
+    manifest = load_manifest(s.manifest, progress=s.progress)
+    manifest.require_label(s.lesion_label)
+    rows = manifest.rows_in("train", s.lesion_label)
+    if not rows:
+        raise ConfigError(f"no 'train' rows with label {s.lesion_label!r}: nothing to learn lesions from")
+    manifest_sha = manifest.sha256()
+
+    # 2. Lesion regions, in memory.
+    crops = LesionCrops.from_rows(rows, s.config.resolution, s.config.margin, progress=s.progress)
+    log.info("training on %d lesion regions at %dpx", len(crops), s.config.resolution)
+
+    # 3. Model, schedule, optimiser, EMA. The seed fixes the initial weights and every random draw.
+    device = pick_device(s.device)
+    torch.manual_seed(s.seed)
+    unet = build_unet(s.config).to(device).train()
+    noise_scheduler = build_train_scheduler(s.config)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=s.learning_rate, weight_decay=1e-2)
+    ema = EMAModel(unet.parameters(), decay=s.ema_max_decay, use_ema_warmup=True, power=3 / 4)
+    generator = torch.Generator().manual_seed(s.seed)
+    autocast, scaler = autocast_for(device)
+    run_identity = {
+        "config": s.config.to_dict(),
+        "manifest_sha256": manifest_sha,
+        "lesion_label": s.lesion_label,
+        "batch_size": s.batch_size,
+        "seed": s.seed,
+    }
+
+    # 4. Resume.
+    step, loss_curve, train_seconds = 0, [], 0.0
+    if s.resume and (ckpt := latest_checkpoint(ckpt_root)):
+        state = load_checkpoint(ckpt, unet, ema, optimizer, generator)
+        saved = state["metadata"]["run"]
+        if saved != run_identity:
+            changed = sorted(k for k in run_identity if saved.get(k) != run_identity[k])
+            raise ConfigError(
+                f"cannot resume: the checkpoint was made with different {', '.join(changed)}; "
+                "use the original settings or a new --out"
+            )
+        step, loss_curve = state["step"], state["metadata"]["loss_curve"]
+        train_seconds = state["metadata"]["train_seconds"]
+        log.info("resumed from step %d", step)
+    elif s.resume and (out / CARD_NAME).exists():
+        card = read_card(out)
+        if card.get("steps", 0) >= s.max_steps:
+            return card
+
+    def checkpoint() -> None:
+        meta = {"run": run_identity, "loss_curve": loss_curve, "train_seconds": train_seconds}
+        save_checkpoint(ckpt_root, step, unet, ema, optimizer, generator, meta)
+
+    # 5. Optimise.
+    bar = tqdm(total=s.max_steps, initial=step, desc="train synthesizer", unit="step", disable=not s.progress)
+    window: list[float] = []
+    tic = time.perf_counter()
+    while step < s.max_steps:
+        x0, mask = crops.sample(s.batch_size, generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (s.batch_size,), generator=generator)
+        x0, mask, noise, t = x0.to(device), mask.to(device), noise.to(device), t.to(device)
+        xt = noise_scheduler.add_noise(x0, noise, t)
+        model_in = torch.cat([xt, mask], dim=1) if s.config.mask_conditioning else xt
+        for group in optimizer.param_groups:
+            group["lr"] = s.learning_rate * min(1.0, (step + 1) / s.warmup_steps)
+        with autocast():
+            pred = unet(model_in, t).sample
+        loss = F.mse_loss(pred.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+        ema.step(unet.parameters())
+        step += 1
+        window.append(loss.item())
+        if step % s.log_every == 0 or step == s.max_steps:
+            now = time.perf_counter()
+            train_seconds += now - tic
+            loss_curve.append([step, sum(window) / len(window)])
+            bar.set_postfix(loss=f"{loss_curve[-1][1]:.4f}", img_s=f"{len(window) * s.batch_size / (now - tic):.1f}")
+            window, tic = [], now
+        bar.update(1)
+        if step % s.checkpoint_every == 0 and step < s.max_steps:
+            checkpoint()
+    bar.close()
+    checkpoint()
+
+    # 6. The EMA weights are the model we ship.
+    final = copy.deepcopy(unet).eval()
+    ema.copy_to(final.parameters())
+    card = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "lesion_label": s.lesion_label,
+        "manifest_sha256": manifest_sha,
+        "manifest_name": manifest.path.name,
+        "images_used": len(crops),
+        "image_rows": crops.rows,
+        "steps": step,
+        "batch_size": s.batch_size,
+        "learning_rate": s.learning_rate,
+        "seed": s.seed,
+        "resolution": s.config.resolution,
+        "device": str(device),
+        "train_seconds": round(train_seconds, 2),
+        "loss_curve": loss_curve,
+    }
+    return write_synthesizer(out, final.cpu(), noise_scheduler, s.config, card)

@@ -1,0 +1,67 @@
+"""A figure a person looks at: source image | its mask | the synthetic lesion for several seeds."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.artifacts import atomic_write_bytes
+from models.data.manifest import load_manifest
+from models.diffusion.inpaint import LesionInpainter
+from models.errors import ConfigError
+
+
+def synthesis_grid(
+    manifest_path: Path,
+    model: Path,
+    label: str,
+    out: Path,
+    *,
+    split: str = "test",
+    n_images: int = 4,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int | None = None,
+    strength: float | None = None,
+    title: str | None = None,
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    manifest = load_manifest(manifest_path)
+    rows = manifest.rows_in(split, label)[:n_images]
+    if not rows:
+        raise ConfigError(f"no {split!r} rows with label {label!r}")
+    inpainter = LesionInpainter.from_pretrained(model)
+    pairs = [r.load() for r in rows]
+    cols = 2 + len(seeds)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.0 * cols, 2.0 * len(rows)), squeeze=False)
+    for i, (image, mask) in enumerate(pairs):
+        results = inpainter.inpaint_batch([image] * len(seeds), [mask] * len(seeds), list(seeds),
+                                          steps=steps, strength=strength)
+        overlay = image.copy()
+        edge = mask ^ np.roll(mask, 1, 0) | mask ^ np.roll(mask, 1, 1)
+        overlay[edge] = (0, 255, 0)
+        panels = [image, overlay] + results
+        names = [f"{label} (row {rows[i].number})", "mask"] + [f"synthetic, seed {s}" for s in seeds]
+        for j, (panel, name) in enumerate(zip(panels, names, strict=True)):
+            axes[i, j].imshow(panel)
+            axes[i, j].set_axis_off()
+            if i == 0 or j == 0:
+                axes[i, j].set_title(name, fontsize=8)
+    card = inpainter.model.card
+    fig.suptitle(
+        title or f"synthesizer {card['model_version']} ({card['steps']} steps, {card['resolution']}px), "
+        f"strength {strength or inpainter.defaults.strength}, {steps or inpainter.defaults.steps} DDIM steps",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    return Path(out)
