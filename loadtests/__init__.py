@@ -1,0 +1,1 @@
+"""Load tests and benchmarks. Benchmarks write their figures (JSON + markdown) under docs/."""

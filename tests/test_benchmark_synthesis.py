@@ -1,0 +1,26 @@
+"""The synthesis benchmark runs end to end (tiny model, few crops) and reports what the issue asks for.
+
+This checks the benchmark's machinery, not its figures: those come from `make bench` on PH2 (docs/).
+"""
+
+import json
+
+from loadtests.benchmarks import synthesis_vs_repaint
+
+
+def test_benchmark_reports_calls_times_and_quality(tmp_path, tiny_synth, demo_manifest):
+    result = synthesis_vs_repaint.main([
+        "--model", str(tiny_synth), "--manifest", str(demo_manifest), "--n", "3", "--batch", "3",
+        "--feature-epochs", "1", "--out", str(tmp_path),
+    ])
+    saved = json.loads((tmp_path / "synthesis.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("repaint_unet_calls", "ours_unet_calls", "repaint_seconds_per_image", "ours_seconds_per_image"):
+        assert saved[key] > 0
+    assert saved["ours_unet_calls"] == 20  # 25 DDIM steps at strength 0.8
+    # RePaint's default schedule: 250 steps with 10 resampling jumps of 10: about 2,400 calls per image.
+    assert 2300 <= saved["repaint_unet_calls"] <= 2500
+    assert saved["unet_call_ratio"] >= 40
+    assert set(saved["kid_vs_heldout_lesions"]) == {"ours", "ours_strength_1", "repaint", "untouched_normal",
+                                                    "train_lesions"}
+    assert "RePaint / ours" in (tmp_path / "synthesis.md").read_text()
