@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml
 
 # Two pytest workers, one torch thread each: the machine has 2 cores and many tests are small.
 test: setup
+	$(VENV)/bin/ruff check models services tests loadtests
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q
 
 lint: setup
+	$(VENV)/bin/ruff format --check models services tests loadtests
 	$(VENV)/bin/ruff check models services tests loadtests
 
 # End to end on procedurally generated (non-medical) demo data: make data, split it, train a small
@@ -42,8 +44,11 @@ demo: setup
 	    --label normal --out $(RUNS)/demo/grid.png
 	@echo "demo done: see $(RUNS)/demo/grid.png and $(RUNS)/demo/balanced/manifest.csv"
 
+# Benchmarks write docs/benchmarks/*.json|md. On PH2 they train runs/ph2/synth-{uncond,cond} first when
+# missing (~20 min each on 2 cores), then reuse them.
 bench: setup
 	$(PY) -m loadtests.benchmarks.synthesis_vs_repaint
+	$(PY) -m loadtests.benchmarks.design_choices
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

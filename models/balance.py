@@ -74,7 +74,9 @@ def plan(manifest: Manifest, normal_label: str, count: int, seed: int) -> list[P
         raise ConfigError(f"no 'train' rows with label {normal_label!r} to turn into lesions")
     order = np.random.default_rng(seed).permutation(len(normals))
     if count > len(normals):
-        log.warning("count %d > %d normal train images: sources are reused with new seeds", count, len(normals))
+        log.warning(
+            "count %d > %d normal train images: sources are reused with new seeds", count, len(normals)
+        )
     return [
         PlannedImage(
             index=i,
@@ -89,8 +91,9 @@ def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
-def balanced_manifest_text(manifest: Manifest, planned: list[PlannedImage], out: Path, lesion_label: str,
-                           model_version: str) -> str:
+def balanced_manifest_text(
+    manifest: Manifest, planned: list[PlannedImage], out: Path, lesion_label: str, model_version: str
+) -> str:
     columns = list(manifest.columns) + [c for c in SYNTHETIC_COLUMNS if c not in manifest.columns]
     rows: list[Row] = []
     for row in manifest.rows:
@@ -124,7 +127,9 @@ def balance_dataset(s: BalanceSettings) -> Path:
     if s.normal_label == s.lesion_label:
         raise ConfigError("--normal-label and --lesion-label must differ")
     check_parameters(
-        DEFAULT_STEPS if s.steps is None else s.steps, DEFAULT_STRENGTH if s.strength is None else s.strength, s.seed
+        DEFAULT_STEPS if s.steps is None else s.steps,
+        DEFAULT_STRENGTH if s.strength is None else s.strength,
+        s.seed,
     )
     manifest = load_manifest(s.manifest, progress=s.progress)
     manifest.require_label(s.normal_label)
@@ -135,7 +140,11 @@ def balance_dataset(s: BalanceSettings) -> Path:
         raise ConfigError("--out must be a new folder, not the folder of the input manifest")
 
     settings = {
-        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items() if k not in ("progress", "batch_size", "out")},
+        **{
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in asdict(s).items()
+            if k not in ("progress", "batch_size", "out")
+        },
         "manifest_sha256": manifest.sha256(),
         "model_version": inpainter.model_version,
     }
@@ -154,14 +163,22 @@ def balance_dataset(s: BalanceSettings) -> Path:
     todo = [p for p in planned if not (out / p.file_name).is_file()]
     if len(todo) < len(planned):
         log.info("resuming: %d of %d synthetic images already done", len(planned) - len(todo), len(planned))
-    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="balance", unit="img",
-              disable=not s.progress) as bar:
+    with tqdm(
+        total=len(planned),
+        initial=len(planned) - len(todo),
+        desc="balance",
+        unit="img",
+        disable=not s.progress,
+    ) as bar:
         for start in range(0, len(todo), s.batch_size):
             chunk = todo[start : start + s.batch_size]
             pairs = [p.source.load() for p in chunk]
             results = inpainter.inpaint_batch(
-                [img for img, _ in pairs], [msk for _, msk in pairs], [p.seed for p in chunk],
-                steps=s.steps, strength=s.strength,
+                [img for img, _ in pairs],
+                [msk for _, msk in pairs],
+                [p.seed for p in chunk],
+                steps=s.steps,
+                strength=s.strength,
             )
             for p, result in zip(chunk, results, strict=True):
                 atomic_write_bytes(out / p.file_name, encode_png(result))

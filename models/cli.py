@@ -39,7 +39,9 @@ def user_errors(fn):
     return wrapper
 
 
-ManifestOpt = Annotated[Path, typer.Option("--manifest", "-m", help="CSV manifest (image_path,mask_path,label,...)")]
+ManifestOpt = Annotated[
+    Path, typer.Option("--manifest", "-m", help="CSV manifest (image_path,mask_path,label,...)")
+]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
 
@@ -110,7 +112,9 @@ def train_synthesizer_cmd(
     checkpoint_every: int = 500,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
     seed: SeedOpt = 0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    ] = None,
 ) -> None:
     """Train the DDPM on the masked lesion regions of the `train` lesion images (paper 000)."""
     from models.diffusion.config import SynthesizerConfig
@@ -119,9 +123,17 @@ def train_synthesizer_cmd(
     config = SynthesizerConfig(resolution=resolution, preset=preset, mask_conditioning=mask_conditioning)
     card = train_synthesizer(
         TrainSettings(
-            manifest=manifest, lesion_label=lesion_label, out=out, config=config, max_steps=max_steps,
-            batch_size=batch_size, learning_rate=learning_rate, checkpoint_every=checkpoint_every,
-            resume=resume, seed=seed, device=device,
+            manifest=manifest,
+            lesion_label=lesion_label,
+            out=out,
+            config=config,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            seed=seed,
+            device=device,
         )
     )
     last = card["loss_curve"][-1][1] if card["loss_curve"] else float("nan")
@@ -137,7 +149,9 @@ def synthesize_cmd(
     out: Annotated[Path, typer.Option(help="Output PNG.")],
     seed: SeedOpt = 0,
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default 25).")] = None,
-    strength: Annotated[float | None, typer.Option(help="Noise level in (0, 1]; 1 = from pure noise.")] = None,
+    strength: Annotated[
+        float | None, typer.Option(help="Noise level in (0, 1]; 1 = from pure noise.")
+    ] = None,
 ) -> None:
     """Paint a synthetic lesion into the masked region of one image."""
     from models.artifacts import atomic_write_bytes
@@ -171,8 +185,16 @@ def balance_cmd(
 
     path = balance_dataset(
         BalanceSettings(
-            manifest=manifest, model=model, normal_label=normal_label, lesion_label=lesion_label,
-            count=count, out=out, seed=seed, steps=steps, strength=strength, batch_size=batch_size,
+            manifest=manifest,
+            model=model,
+            normal_label=normal_label,
+            lesion_label=lesion_label,
+            count=count,
+            out=out,
+            seed=seed,
+            steps=steps,
+            strength=strength,
+            batch_size=batch_size,
         )
     )
     typer.echo(f"wrote {path}")
@@ -195,8 +217,15 @@ def grid_cmd(
     from models.evaluation.grid import synthesis_grid
 
     path = synthesis_grid(
-        manifest, model, label, out, split=split, n_images=n_images,
-        seeds=[int(s) for s in seeds.split(",")], steps=steps, strength=strength,
+        manifest,
+        model,
+        label,
+        out,
+        split=split,
+        n_images=n_images,
+        seeds=[int(s) for s in seeds.split(",")],
+        steps=steps,
+        strength=strength,
     )
     typer.echo(f"wrote {path}")
 

@@ -26,9 +26,16 @@ def tiny_settings(manifest: Path, out: Path, **overrides):
     from models.diffusion.train import TrainSettings
 
     values = dict(
-        manifest=manifest, lesion_label="lesion", out=out,
+        manifest=manifest,
+        lesion_label="lesion",
+        out=out,
         config=SynthesizerConfig(resolution=32, preset="tiny"),
-        max_steps=TINY_STEPS, batch_size=4, checkpoint_every=8, log_every=4, seed=0, progress=False,
+        max_steps=TINY_STEPS,
+        batch_size=4,
+        checkpoint_every=8,
+        log_every=4,
+        seed=0,
+        progress=False,
         device="cpu",
     )
     values.update(overrides)

@@ -13,8 +13,17 @@ from models.errors import ConfigError
 
 
 def settings(demo_manifest, model, out, **overrides):
-    values = dict(manifest=demo_manifest, model=model, normal_label="normal", lesion_label="lesion",
-                  count=5, out=out, seed=0, batch_size=2, progress=False)
+    values = dict(
+        manifest=demo_manifest,
+        model=model,
+        normal_label="normal",
+        lesion_label="lesion",
+        count=5,
+        out=out,
+        seed=0,
+        batch_size=2,
+        progress=False,
+    )
     values.update(overrides)
     return BalanceSettings(**values)
 
@@ -65,7 +74,8 @@ def test_rerun_resumes_and_skips_finished_images(tmp_path, demo_manifest, tiny_s
     monkeypatch.setattr(balance_module.LesionInpainter, "inpaint_batch", real)
     seen = []
     monkeypatch.setattr(
-        balance_module.LesionInpainter, "inpaint_batch",
+        balance_module.LesionInpainter,
+        "inpaint_batch",
         lambda self, images, *a, **k: seen.append(len(images)) or real(self, images, *a, **k),
     )
     path = balance_dataset(settings(demo_manifest, tiny_synth, out))
@@ -88,8 +98,9 @@ def test_rerun_with_other_settings_is_refused(tmp_path, demo_manifest, tiny_synt
 
 def test_count_above_available_normals_reuses_sources_with_new_seeds(tmp_path, demo_manifest, tiny_synth):
     n_normals = len(load_manifest(demo_manifest, check_files=False).rows_in("train", "normal"))
-    path = balance_dataset(settings(demo_manifest, tiny_synth, tmp_path / "many", count=n_normals + 2,
-                                    steps=2, strength=0.5))
+    path = balance_dataset(
+        settings(demo_manifest, tiny_synth, tmp_path / "many", count=n_normals + 2, steps=2, strength=0.5)
+    )
     rows = [r for r in load_manifest(path).rows if r.fields["synthetic"] == "1"]
     assert len(rows) == n_normals + 2
     assert len({r.fields["seed"] for r in rows}) == len(rows)

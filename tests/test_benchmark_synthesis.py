@@ -9,18 +9,60 @@ from loadtests.benchmarks import synthesis_vs_repaint
 
 
 def test_benchmark_reports_calls_times_and_quality(tmp_path, tiny_synth, demo_manifest):
-    result = synthesis_vs_repaint.main([
-        "--model", str(tiny_synth), "--manifest", str(demo_manifest), "--n", "3", "--batch", "3",
-        "--feature-epochs", "1", "--out", str(tmp_path),
-    ])
+    result = synthesis_vs_repaint.main(
+        [
+            "--model",
+            str(tiny_synth),
+            "--manifest",
+            str(demo_manifest),
+            "--n",
+            "3",
+            "--batch",
+            "3",
+            "--feature-epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     saved = json.loads((tmp_path / "synthesis.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    for key in ("repaint_unet_calls", "ours_unet_calls", "repaint_seconds_per_image", "ours_seconds_per_image"):
+    for key in (
+        "repaint_unet_calls",
+        "ours_unet_calls",
+        "repaint_seconds_per_image",
+        "ours_seconds_per_image",
+    ):
         assert saved[key] > 0
     assert saved["ours_unet_calls"] == 20  # 25 DDIM steps at strength 0.8
     # RePaint's default schedule: 250 steps with 10 resampling jumps of 10: about 2,400 calls per image.
     assert 2300 <= saved["repaint_unet_calls"] <= 2500
     assert saved["unet_call_ratio"] >= 40
-    assert set(saved["kid_vs_heldout_lesions"]) == {"ours", "ours_strength_1", "repaint", "untouched_normal",
-                                                    "train_lesions"}
+    assert set(saved["kid_vs_heldout_lesions"]) == {
+        "ours",
+        "ours_strength_1",
+        "repaint",
+        "untouched_normal",
+        "train_lesions",
+    }
     assert "RePaint / ours" in (tmp_path / "synthesis.md").read_text()
+
+
+def test_design_choices_measurement_runs(tmp_path, tiny_synth, demo_manifest):
+    from loadtests.benchmarks import design_choices
+    from models.diffusion.config import SynthesizerConfig
+    from models.diffusion.train import train_synthesizer
+    from tests.conftest import tiny_settings
+
+    cond = tmp_path / "cond"
+    config = SynthesizerConfig(resolution=32, preset="tiny", mask_conditioning=True)
+    train_synthesizer(tiny_settings(demo_manifest, cond, config=config, max_steps=8))
+    result = design_choices.main([
+        "--uncond", str(tiny_synth), "--cond", str(cond), "--manifest", str(demo_manifest),
+        "--feature-epochs", "1", "--out", str(tmp_path),
+    ])
+    for entry in result["models"].values():
+        assert entry["heldout_denoising_loss"] > 0
+        assert set(entry["strength"]) == {"0.5", "0.7", "0.8", "0.9", "1.0"}
+        assert 0 <= entry["strength"]["0.8"]["mean_p_lesion"] <= 1
+    assert "held-out denoising loss" in (tmp_path / "design_choices.md").read_text()

@@ -31,25 +31,71 @@ def test_demo_split_train_synthesize_balance(tmp_path):
     assert again.exit_code == 2 and "already has a 'split' column" in again.output
 
     model = tmp_path / "model"
-    result = run("train-synthesizer", "--manifest", manifest, "--lesion-label", "lesion", "--out", model,
-                 "--resolution", 32, "--preset", "tiny", "--max-steps", 4, "--batch-size", 2)
+    result = run(
+        "train-synthesizer",
+        "--manifest",
+        manifest,
+        "--lesion-label",
+        "lesion",
+        "--out",
+        model,
+        "--resolution",
+        32,
+        "--preset",
+        "tiny",
+        "--max-steps",
+        4,
+        "--batch-size",
+        2,
+    )
     assert result.exit_code == 0, result.output
     assert "model version" in result.output
 
     img, msk = data / "images" / "demo_0000.png", data / "masks" / "demo_0000.png"
     out = tmp_path / "out.png"
-    result = run("synthesize", "--model", model, "--image", img, "--mask", msk, "--out", out, "--seed", 3,
-                 "--steps", 5)
+    result = run(
+        "synthesize", "--model", model, "--image", img, "--mask", msk, "--out", out, "--seed", 3, "--steps", 5
+    )
     assert result.exit_code == 0, result.output
     assert np.asarray(Image.open(out)).shape == (32, 32, 3)
 
-    result = run("balance", "--manifest", manifest, "--model", model, "--normal-label", "normal",
-                 "--lesion-label", "lesion", "--count", 2, "--out", tmp_path / "bal", "--steps", 3)
+    result = run(
+        "balance",
+        "--manifest",
+        manifest,
+        "--model",
+        model,
+        "--normal-label",
+        "normal",
+        "--lesion-label",
+        "lesion",
+        "--count",
+        2,
+        "--out",
+        tmp_path / "bal",
+        "--steps",
+        3,
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "bal" / "manifest.csv").is_file()
 
-    result = run("grid", "--manifest", manifest, "--model", model, "--label", "normal", "--out",
-                 tmp_path / "grid.png", "--n-images", 2, "--seeds", "0,1", "--steps", 3)
+    result = run(
+        "grid",
+        "--manifest",
+        manifest,
+        "--model",
+        model,
+        "--label",
+        "normal",
+        "--out",
+        tmp_path / "grid.png",
+        "--n-images",
+        2,
+        "--seeds",
+        "0,1",
+        "--steps",
+        3,
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "grid.png").size[0] > 200
 
@@ -101,7 +147,11 @@ def test_synthesize_errors_write_nothing(tmp_path, pair, tiny_synth, case, needl
 
 
 def test_console_script_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "models.cli", "data", "check", "--manifest",
-                           tmp_path / "absent.csv"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "models.cli", "data", "check", "--manifest", tmp_path / "absent.csv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "manifest not found" in proc.stderr

@@ -73,7 +73,9 @@ def test_masks_touching_the_border_and_odd_sizes(inpainter):
     one_pixel = np.zeros((37, 53), dtype=bool)
     one_pixel[20, 20] = True
     out = inpainter.inpaint(image, one_pixel, seed=0)
-    np.testing.assert_array_equal(out[~inpainter.editable_region(one_pixel)], image[~inpainter.editable_region(one_pixel)])
+    np.testing.assert_array_equal(
+        out[~inpainter.editable_region(one_pixel)], image[~inpainter.editable_region(one_pixel)]
+    )
 
 
 def test_bad_inputs_raise_clear_errors(inpainter):

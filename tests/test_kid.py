@@ -91,7 +91,8 @@ def test_deterministic_for_a_seed() -> None:
 def test_torch_inputs_equal_numpy_inputs() -> None:
     x, y = _gauss(0, n=40), _gauss(1, n=40, shift=0.5)
     assert kid(torch.from_numpy(x).float(), torch.from_numpy(y).float()).mean == pytest.approx(
-        kid(x.astype(np.float32), y.astype(np.float32)).mean, rel=1e-9)
+        kid(x.astype(np.float32), y.astype(np.float32)).mean, rel=1e-9
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,7 +119,7 @@ def test_class_update_compute_equals_function_on_concatenation() -> None:
     with pytest.raises(ValueError, match="needs both real and fake"):
         metric.compute()
     for start in range(0, 90, 25):
-        metric.update(real=x[start:start + 25])
+        metric.update(real=x[start : start + 25])
     metric.update(fake=torch.from_numpy(y[:30]))
     metric.update(fake=y[30:])
     assert metric.compute() == kid(x, y, subset_size=40, n_subsets=7, seed=2)
@@ -143,7 +144,7 @@ def _flat_images(rng: np.random.Generator, n: int, size: int = 40) -> np.ndarray
         for _ in range(3):
             r0, r1 = sorted(rng.integers(0, size, 2))
             c0, c1 = sorted(rng.integers(0, size, 2))
-            out[k, r0:r1 + 1, c0:c1 + 1] = rng.integers(0, 256, 3)
+            out[k, r0 : r1 + 1, c0 : c1 + 1] = rng.integers(0, 256, 3)
     return out
 
 

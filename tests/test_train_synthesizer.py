@@ -50,7 +50,9 @@ def test_resume_continues_exactly(tmp_path, demo_manifest, tiny_synth):
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
     reference = json.loads((tiny_synth / "model_card.json").read_text())
     assert [s for s, _ in card["loss_curve"]] == [s for s, _ in reference["loss_curve"]]
-    assert [v for _, v in card["loss_curve"]] == pytest.approx([v for _, v in reference["loss_curve"]], rel=1e-5)
+    assert [v for _, v in card["loss_curve"]] == pytest.approx(
+        [v for _, v in reference["loss_curve"]], rel=1e-5
+    )
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path, demo_manifest):

@@ -33,6 +33,32 @@ def ph2_split_manifest(runs: Path = REPO / "runs" / "ph2") -> Path:
     return target
 
 
+PH2_NAME = "PH2 (Mendonca et al., EMBC 2013), 128 px"
+
+
+def ph2_synthesizer(mask_conditioning: bool) -> Path:
+    """runs/ph2/synth-{uncond,cond}: the docs' PH2 synthesizers, trained (or resumed) when missing."""
+    model = REPO / "runs" / "ph2" / ("synth-cond" if mask_conditioning else "synth-uncond")
+    if not (model / "model_card.json").is_file():
+        settings = {k: v for k, v in PH2_SYNTH.items() if k not in ("resolution", "preset")}
+        config = SynthesizerConfig(
+            resolution=PH2_SYNTH["resolution"],
+            preset=PH2_SYNTH["preset"],
+            mask_conditioning=mask_conditioning,
+        )
+        train_synthesizer(
+            TrainSettings(
+                manifest=ph2_split_manifest(),
+                lesion_label="lesion",
+                out=model,
+                config=config,
+                resume=True,
+                **settings,
+            )
+        )
+    return model
+
+
 def bootstrap_synthesizer(manifest: Path | None, model: Path | None) -> tuple[Path, Path, str]:
     """(manifest, model folder, data name) to benchmark; trains what is missing."""
     if model is not None:
@@ -42,13 +68,7 @@ def bootstrap_synthesizer(manifest: Path | None, model: Path | None) -> tuple[Pa
             manifest = ph2_split_manifest()
         return manifest, model, manifest.parent.name
     if PH2_MANIFEST.is_file():
-        manifest, model = ph2_split_manifest(), REPO / "runs" / "ph2" / "synth-uncond"
-        if not (model / "model_card.json").is_file():
-            settings = {k: v for k, v in PH2_SYNTH.items() if k not in ("resolution", "preset")}
-            config = SynthesizerConfig(resolution=PH2_SYNTH["resolution"], preset=PH2_SYNTH["preset"])
-            train_synthesizer(TrainSettings(manifest=manifest, lesion_label="lesion", out=model, config=config,
-                                            resume=True, **settings))
-        return manifest, model, "PH2 (Mendonca et al., EMBC 2013), 128 px"
+        return ph2_split_manifest(), ph2_synthesizer(mask_conditioning=False), PH2_NAME
     demo = REPO / "runs" / "bench-demo"
     manifest = demo / "data" / "manifest.csv"
     if not manifest.is_file():
@@ -57,8 +77,16 @@ def bootstrap_synthesizer(manifest: Path | None, model: Path | None) -> tuple[Pa
         loaded.save()
     model = demo / "synth"
     if not (model / "model_card.json").is_file():
-        train_synthesizer(TrainSettings(manifest=manifest, lesion_label="lesion", out=model, resume=True,
-                                        config=SynthesizerConfig(resolution=32, preset="tiny"), max_steps=300))
+        train_synthesizer(
+            TrainSettings(
+                manifest=manifest,
+                lesion_label="lesion",
+                out=model,
+                resume=True,
+                config=SynthesizerConfig(resolution=32, preset="tiny"),
+                max_steps=300,
+            )
+        )
     return manifest, model, "demo data (synthetic, non-medical; PH2 absent)"
 
 
@@ -69,6 +97,7 @@ class HeldOutSets:
     normal_images: torch.Tensor  # held-out (val + test) normal crops: what gets painted
     normal_masks: torch.Tensor
     lesion_images: torch.Tensor  # held-out real lesion crops: the KID reference
+    lesion_masks: torch.Tensor
     train_lesion_images: torch.Tensor
     train_crops: torch.Tensor  # train crops of both classes, for the feature classifier
     train_labels: torch.Tensor  # 1 = lesion
@@ -87,11 +116,18 @@ def held_out_sets(manifest_path: Path, lesion_label: str, resolution: int, margi
     train_lesion = crops([r for r in train if r.label == lesion_label])
     train_normal = crops([r for r in train if r.label != lesion_label])
     return HeldOutSets(
-        normal_images=normal.images, normal_masks=normal.masks, lesion_images=lesion.images,
+        normal_images=normal.images,
+        normal_masks=normal.masks,
+        lesion_images=lesion.images,
+        lesion_masks=lesion.masks,
         train_lesion_images=train_lesion.images,
         train_crops=torch.cat([train_lesion.images, train_normal.images]),
-        train_labels=torch.cat([torch.ones(len(train_lesion), dtype=torch.long),
-                                torch.zeros(len(train_normal), dtype=torch.long)]),
+        train_labels=torch.cat(
+            [
+                torch.ones(len(train_lesion), dtype=torch.long),
+                torch.zeros(len(train_normal), dtype=torch.long),
+            ]
+        ),
     )
 
 

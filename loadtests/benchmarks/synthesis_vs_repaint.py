@@ -28,7 +28,7 @@ from diffusers import RePaintPipeline, RePaintScheduler
 
 from loadtests.benchmarks.common import REPO, bootstrap_synthesizer, held_out_sets, write_report
 from models.diffusion.inpaint import DEFAULT_STEPS, DEFAULT_STRENGTH, LesionInpainter
-from models.evaluation.crop_classifier import crop_features, train_crop_classifier
+from models.evaluation.crop_classifier import crop_features, lesion_probability, train_crop_classifier
 from models.evaluation.kid import kid
 
 
@@ -49,10 +49,12 @@ def run_ours(inpainter: LesionInpainter, x0, m, steps: int, strength: float, bat
     inpainter.sample_crops(x0[:2], m[:2], seeds[:2], steps, strength)  # warm-up, not timed
     counter.calls = 0
     tic = time.perf_counter()
-    out = torch.cat([
-        inpainter.sample_crops(x0[i : i + batch], m[i : i + batch], seeds[i : i + batch], steps, strength)
-        for i in range(0, len(x0), batch)
-    ])
+    out = torch.cat(
+        [
+            inpainter.sample_crops(x0[i : i + batch], m[i : i + batch], seeds[i : i + batch], steps, strength)
+            for i in range(0, len(x0), batch)
+        ]
+    )
     seconds = time.perf_counter() - tic
     counter.handle.remove()
     n_batches = -(-len(x0) // batch)
@@ -93,10 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     manifest, model, data_name = bootstrap_synthesizer(args.manifest, args.model)
     inpainter = LesionInpainter.from_pretrained(model, device="cpu")
-    sets = held_out_sets(manifest, inpainter.model.card["lesion_label"], inpainter.resolution, inpainter.config.margin)
+    sets = held_out_sets(
+        manifest, inpainter.model.card["lesion_label"], inpainter.resolution, inpainter.config.margin
+    )
     x0, m = sets.normal_images[: args.n], sets.normal_masks[: args.n]
-    print(f"{data_name}: {len(x0)} held-out normal crops at {inpainter.resolution}px, torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"{data_name}: {len(x0)} held-out normal crops at {inpainter.resolution}px, torch threads "
+        f"{torch.get_num_threads()}"
+    )
 
     ours, ours_calls, ours_spi = run_ours(inpainter, x0, m, DEFAULT_STEPS, DEFAULT_STRENGTH, args.batch)
     full, full_calls, full_spi = run_ours(inpainter, x0, m, DEFAULT_STEPS, 1.0, args.batch)
@@ -104,14 +110,19 @@ def main(argv: list[str] | None = None) -> dict:
     repaint, rp_calls, rp_spi = run_repaint(inpainter, x0, m, args.batch)
     print(f"RePaint: {rp_calls:.0f} UNet calls/image, {rp_spi:.3f} s/image")
 
-    net = train_crop_classifier(sets.train_crops, sets.train_labels, epochs=args.feature_epochs, progress=True)
+    net = train_crop_classifier(
+        sets.train_crops, sets.train_labels, epochs=args.feature_epochs, progress=True
+    )
     ref = crop_features(net, sets.lesion_images)
-    feats = {
-        "ours": crop_features(net, ours), "ours_strength_1": crop_features(net, full),
-        "repaint": crop_features(net, repaint), "untouched_normal": crop_features(net, x0),
-        "train_lesions": crop_features(net, sets.train_lesion_images),
+    crop_sets = {
+        "ours": ours,
+        "ours_strength_1": full,
+        "repaint": repaint,
+        "untouched_normal": x0,
+        "train_lesions": sets.train_lesion_images,
     }
-    scores = {name: kid(f, ref, n_subsets=200, seed=0) for name, f in feats.items()}
+    scores = {name: kid(crop_features(net, c), ref, n_subsets=200, seed=0) for name, c in crop_sets.items()}
+    p_lesion = {name: float(lesion_probability(net, c).mean()) for name, c in crop_sets.items()}
     result = {
         "data": data_name,
         "model_version": inpainter.model_version,
@@ -130,12 +141,18 @@ def main(argv: list[str] | None = None) -> dict:
         "time_ratio": round(rp_spi / ours_spi, 1),
         "time_ratio_strength_1": round(rp_spi / full_spi, 1),
         "kid_features": "resnet18 trained here on train-split lesion vs normal crops "
-                        f"({args.feature_epochs} epochs), penultimate 512-d",
+        f"({args.feature_epochs} epochs), penultimate 512-d",
         "kid_reference": f"{len(sets.lesion_images)} held-out (val+test) real lesion crops",
-        "kid_vs_heldout_lesions": {k: {"mean": v.mean, "std": v.std, "subset_size": v.subset_size}
-                                   for k, v in scores.items()},
-        "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "kid_vs_heldout_lesions": {
+            k: {"mean": v.mean, "std": v.std, "subset_size": v.subset_size} for k, v in scores.items()
+        },
+        "mean_p_lesion": p_lesion,
+        "heldout_lesions_mean_p_lesion": float(lesion_probability(net, sets.lesion_images).mean()),
+        "machine": {
+            "cpus": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "command": "make bench  (python -m loadtests.benchmarks.synthesis_vs_repaint)",
     }
     write_report(args.out, "synthesis", result, markdown(result))
@@ -145,30 +162,32 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(r: dict) -> str:
     kid_rows = "\n".join(
-        f"| {name} | {v['mean']:.4f} | {v['std']:.4f} |" for name, v in r["kid_vs_heldout_lesions"].items()
+        f"| {name} | {v['mean']:.4f} | {v['std']:.4f} | {r['mean_p_lesion'][name]:.3f} |"
+        for name, v in r["kid_vs_heldout_lesions"].items()
     )
     return f"""# Synthesis benchmark: our sampler vs RePaint (same UNet, same crops)
 
-Command: `{r['command']}`. Data: {r['data']}; {r['n_crops']} held-out normal region crops at
-{r['resolution']} px, batch {r['batch_size']}, model `{r['model_version']}`, CPU ({r['machine']['cpus']} threads).
+Command: `{r["command"]}`. Data: {r["data"]}; {r["n_crops"]} held-out normal region crops at
+{r["resolution"]} px, batch {r["batch_size"]}, model `{r["model_version"]}`, CPU ({r["machine"]["cpus"]} threads).
 Times are from one run on a noisy 2-core machine: read the ratios.
 
 | sampler | UNet calls / image | seconds / image |
 |---|---:|---:|
-| ours (DDIM {r['ours_steps']} steps, strength {r['ours_strength']}) | {r['ours_unet_calls']:.0f} | {r['ours_seconds_per_image']:.3f} |
-| ours, strength 1.0 (from pure noise, like RePaint) | {r['ours_strength_1_unet_calls']:.0f} | {r['ours_strength_1_seconds_per_image']:.3f} |
-| RePaint defaults (250 steps, jump_length 10, jump_n_sample 10) | {r['repaint_unet_calls']:.0f} | {r['repaint_seconds_per_image']:.3f} |
+| ours (DDIM {r["ours_steps"]} steps, strength {r["ours_strength"]}) | {r["ours_unet_calls"]:.0f} | {r["ours_seconds_per_image"]:.3f} |
+| ours, strength 1.0 (from pure noise, like RePaint) | {r["ours_strength_1_unet_calls"]:.0f} | {r["ours_strength_1_seconds_per_image"]:.3f} |
+| RePaint defaults (250 steps, jump_length 10, jump_n_sample 10) | {r["repaint_unet_calls"]:.0f} | {r["repaint_seconds_per_image"]:.3f} |
 
-RePaint / ours: **{r['unet_call_ratio']}x** UNet calls, **{r['time_ratio']}x** time
-({r['time_ratio_strength_1']}x against ours at strength 1.0).
+RePaint / ours: **{r["unet_call_ratio"]}x** UNet calls, **{r["time_ratio"]}x** time
+({r["time_ratio_strength_1"]}x against ours at strength 1.0).
 
-Quality: KID (lower = closer to real lesions) against {r['kid_reference']}; features: {r['kid_features']}.
+Quality: KID (lower = closer to real lesions) against {r["kid_reference"]}; features: {r["kid_features"]}.
 
-| crops | KID mean | KID std |
-|---|---:|---:|
+| crops | KID mean | KID std | mean P(lesion) |
+|---|---:|---:|---:|
 {kid_rows}
 
-`untouched_normal` is the score of the normal crops before painting (what no lesion scores);
+P(lesion) is the feature classifier's own probability that a crop is a lesion (held-out real lesions:
+{r["heldout_lesions_mean_p_lesion"]:.3f}). `untouched_normal` is the score of the normal crops before painting (what no lesion scores);
 `train_lesions` is real lesions the synthesizer trained on (what real lesion tissue scores).
 """
 

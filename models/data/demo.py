@@ -161,7 +161,9 @@ def render(rng: np.random.Generator, size: int, lesion: bool) -> tuple[np.ndarra
 def _check_args(out: Path, n_lesion: int, n_normal: int, size: int, seed: int) -> None:
     for name, value in (("n_lesion", n_lesion), ("n_normal", n_normal)):
         if not isinstance(value, int) or value < 2:
-            raise LesionsynthError(f"{name} must be an integer >= 2 (each class needs a few examples), got {value!r}")
+            raise LesionsynthError(
+                f"{name} must be an integer >= 2 (each class needs a few examples), got {value!r}"
+            )
     if not isinstance(size, int) or not 16 <= size <= 512:
         raise LesionsynthError(f"size must be an integer between 16 and 512 pixels, got {size!r}")
     if not isinstance(seed, int) or seed < 0:

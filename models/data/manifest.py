@@ -119,7 +119,9 @@ class Manifest:
         if target.resolve().parent != self.root.resolve():
             for row in self.rows:
                 for column, file in (("image_path", row.image_file), ("mask_path", row.mask_file)):
-                    row.fields[column] = Path(os.path.relpath(file.resolve(), target.resolve().parent)).as_posix()
+                    row.fields[column] = Path(
+                        os.path.relpath(file.resolve(), target.resolve().parent)
+                    ).as_posix()
                 row.root = target.parent
             self.path = target
         atomic_write_text(target, self.to_csv())
@@ -140,7 +142,9 @@ def read_manifest(path: str | Path) -> Manifest:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ManifestError(
-            [f"missing column(s) {', '.join(missing)}; the header must include {', '.join(REQUIRED_COLUMNS)}"],
+            [
+                f"missing column(s) {', '.join(missing)}; the header must include {', '.join(REQUIRED_COLUMNS)}"
+            ],
             header=f"manifest {path.name}",
         )
     rows = [

@@ -13,7 +13,6 @@ from scipy import ndimage
 
 from models.data.regions import SquareBox, crop_square
 
-
 #: Feather width as a fraction of the region box's side.
 FEATHER_FRACTION = 0.06
 

@@ -67,10 +67,14 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors"
+    )
     ema_state = ema.state_dict()
     shadow = ema_state.pop("shadow_params")
-    save_file({f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(shadow)}, tmp / "ema.safetensors")
+    save_file(
+        {f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(shadow)}, tmp / "ema.safetensors"
+    )
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     save_file({"state": generator.get_state()}, tmp / "rng.safetensors")
@@ -113,6 +117,8 @@ def load_checkpoint(
     ema_state = dict(state["ema"])
     ema_state["shadow_params"] = [shadow[f"shadow.{i}"] for i in range(len(shadow))]
     ema.load_state_dict(ema_state)
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["optimizer"]))
+    optimizer.load_state_dict(
+        _unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["optimizer"])
+    )
     generator.set_state(load_file(path / "rng.safetensors")["state"])
     return state

@@ -129,7 +129,9 @@ def verify_files(folder: Path, card: dict) -> None:
             )
 
 
-def load_synthesizer(folder: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> LoadedSynthesizer:
+def load_synthesizer(
+    folder: str | Path, device: str | torch.device = "cpu", verify: bool = True
+) -> LoadedSynthesizer:
     folder = Path(folder)
     card = read_card(folder)
     if verify:
@@ -137,6 +139,8 @@ def load_synthesizer(folder: str | Path, device: str | torch.device = "cpu", ver
     config = SynthesizerConfig.from_dict(card["config"])
     unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True).to(device).eval()
     if unet.config.in_channels != config.in_channels:
-        raise ModelFolderError(f"{folder}: UNet has {unet.config.in_channels} input channels, card says {config.in_channels}")
+        raise ModelFolderError(
+            f"{folder}: UNet has {unet.config.in_channels} input channels, card says {config.in_channels}"
+        )
     scheduler_config = dict(DDPMScheduler.load_config(folder / "scheduler"))
     return LoadedSynthesizer(unet=unet, scheduler_config=scheduler_config, config=config, card=card)

@@ -71,10 +71,16 @@ class LesionInpainter:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, device: str | torch.device | None = None, verify: bool = True, batch_size: int = 16
+        cls,
+        folder: str | Path,
+        device: str | torch.device | None = None,
+        verify: bool = True,
+        batch_size: int = 16,
     ) -> LesionInpainter:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(load_synthesizer(folder, device=device, verify=verify), device=device, batch_size=batch_size)
+        return cls(
+            load_synthesizer(folder, device=device, verify=verify), device=device, batch_size=batch_size
+        )
 
     @property
     def model_version(self) -> str:
@@ -112,7 +118,9 @@ class LesionInpainter:
         scheduler.set_timesteps(steps)
         n_run = min(max(int(round(steps * strength)), 1), steps)
         timesteps = scheduler.timesteps[steps - n_run :]
-        noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+        noise = torch.stack(
+            [torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+        )
         x0, m, noise = x0.to(self.device), m.to(self.device), noise.to(self.device)
         # Let the generator work across the whole feather zone past the mask edge: the seam then blends
         # generated tissue with original tissue instead of a resampled (blurred) copy of the original.
@@ -133,7 +141,12 @@ class LesionInpainter:
 
     # -- public API -------------------------------------------------------------------------------------
     def inpaint(
-        self, image: np.ndarray, mask: np.ndarray, *, seed: int = 0, steps: int | None = None,
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        *,
+        seed: int = 0,
+        steps: int | None = None,
         strength: float | None = None,
     ) -> np.ndarray:
         """One image (H, W, 3) uint8 + mask (H, W) bool -> new image (H, W, 3) uint8."""
@@ -165,8 +178,12 @@ class LesionInpainter:
     def _inpaint_chunk(self, images, masks, seeds, steps: int, strength: float) -> list[np.ndarray]:
         r = self.resolution
         geometry = [self.region(mask) for mask in masks]
-        x0 = torch.stack([resize_image(crop_square(img, box), r) for img, (box, _) in zip(images, geometry)])
-        m = torch.stack([resize_mask(crop_square(msk, box), r) for msk, (box, _) in zip(masks, geometry)])
+        x0 = torch.stack(
+            [resize_image(crop_square(img, box), r) for img, (box, _) in zip(images, geometry, strict=True)]
+        )
+        m = torch.stack(
+            [resize_mask(crop_square(msk, box), r) for msk, (box, _) in zip(masks, geometry, strict=True)]
+        )
         # A mask too thin to survive downsizing still gets its region generated.
         m = torch.where(m.flatten(1).any(1)[:, None, None, None], m, torch.ones_like(m))
         crops = self.sample_crops(x0, m, list(seeds), steps, strength)

@@ -173,7 +173,9 @@ def train_synthesizer(s: TrainSettings) -> dict:
             now = time.perf_counter()
             train_seconds += now - tic
             loss_curve.append([step, sum(window) / len(window)])
-            bar.set_postfix(loss=f"{loss_curve[-1][1]:.4f}", img_s=f"{len(window) * s.batch_size / (now - tic):.1f}")
+            bar.set_postfix(
+                loss=f"{loss_curve[-1][1]:.4f}", img_s=f"{len(window) * s.batch_size / (now - tic):.1f}"
+            )
             window, tic = [], now
         bar.update(1)
         if step % s.checkpoint_every == 0 and step < s.max_steps:

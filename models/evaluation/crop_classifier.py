@@ -22,11 +22,17 @@ from models.diffusion.crops import augment_batch
 
 
 def train_crop_classifier(
-    crops: torch.Tensor, labels: torch.Tensor, *, epochs: int = 30, batch_size: int = 32, seed: int = 0,
+    crops: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 30,
+    batch_size: int = 32,
+    seed: int = 0,
     progress: bool = False,
 ) -> nn.Module:
     """Train ResNet-18 (2 classes, class-balanced loss, dihedral + colour augmentation); return it in eval
-    mode with ``fc`` replaced by identity, i.e. a (N, 3, R, R) -> (N, 512) feature network."""
+    mode. :func:`crop_features` reads its penultimate (N, 512) features, :func:`lesion_probability` its
+    P(lesion)."""
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -45,11 +51,25 @@ def train_crop_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    net.fc = nn.Identity()
     return net.eval()
 
 
 @torch.inference_mode()
+def _run(net: nn.Module, crops: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pooled: list[torch.Tensor] = []
+    handle = net.avgpool.register_forward_hook(lambda _m, _i, out: pooled.append(out.flatten(1).double()))
+    try:
+        logits = torch.cat([net(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)])
+    finally:
+        handle.remove()
+    return torch.cat(pooled), logits.softmax(-1)[:, 1].double()
+
+
 def crop_features(net: nn.Module, crops: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """(N, 3, R, R) in [-1, 1] -> (N, D) float64 features."""
-    return torch.cat([net(crops[i : i + batch_size]).double() for i in range(0, len(crops), batch_size)])
+    """(N, 3, R, R) in [-1, 1] -> (N, 512) float64 penultimate features."""
+    return _run(net, crops, batch_size)[0]
+
+
+def lesion_probability(net: nn.Module, crops: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """(N, 3, R, R) in [-1, 1] -> (N,) float64 P(lesion) of the crop classifier."""
+    return _run(net, crops, batch_size)[1]

@@ -116,8 +116,13 @@ class FeatureExtractor:
             t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
             t = t.permute(2, 0, 1)[None].float() / 127.5 - 1.0
             if t.shape[-2:] != (self.image_size, self.image_size):
-                t = F.interpolate(t, size=(self.image_size, self.image_size), mode="bilinear",
-                                  align_corners=False, antialias=True)
+                t = F.interpolate(
+                    t,
+                    size=(self.image_size, self.image_size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )
             resized.append(t)
         return torch.cat(resized).clamp_(-1.0, 1.0)
 
@@ -141,7 +146,7 @@ class FeatureExtractor:
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(items), self.batch_size):
-                batch = self._to_batch(items[start:start + self.batch_size])
+                batch = self._to_batch(items[start : start + self.batch_size])
                 chunks.append(self._forward(batch).double().cpu())
         feats = torch.cat(chunks).numpy()
         if not np.isfinite(feats).all():

@@ -41,8 +41,9 @@ def synthesis_grid(
     cols = 2 + len(seeds)
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.0 * cols, 2.0 * len(rows)), squeeze=False)
     for i, (image, mask) in enumerate(pairs):
-        results = inpainter.inpaint_batch([image] * len(seeds), [mask] * len(seeds), list(seeds),
-                                          steps=steps, strength=strength)
+        results = inpainter.inpaint_batch(
+            [image] * len(seeds), [mask] * len(seeds), list(seeds), steps=steps, strength=strength
+        )
         overlay = image.copy()
         edge = mask ^ np.roll(mask, 1, 0) | mask ^ np.roll(mask, 1, 1)
         overlay[edge] = (0, 255, 0)
@@ -55,7 +56,8 @@ def synthesis_grid(
                 axes[i, j].set_title(name, fontsize=8)
     card = inpainter.model.card
     fig.suptitle(
-        title or f"synthesizer {card['model_version']} ({card['steps']} steps, {card['resolution']}px), "
+        title
+        or f"synthesizer {card['model_version']} ({card['steps']} steps, {card['resolution']}px), "
         f"strength {strength or inpainter.defaults.strength}, {steps or inpainter.defaults.steps} DDIM steps",
         fontsize=9,
     )

@@ -57,8 +57,9 @@ def polynomial_kernel(
         (n, m) kernel matrix, a numpy array for numpy inputs and a tensor for tensor inputs.
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"polynomial_kernel needs (n, d) and (m, d) inputs, got {tuple(x.shape)} "
-                         f"and {tuple(y.shape)}")
+        raise ValueError(
+            f"polynomial_kernel needs (n, d) and (m, d) inputs, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     g = 1.0 / x.shape[1] if gamma is None else float(gamma)
     return (x @ y.T * g + coef0) ** degree
 
@@ -69,16 +70,20 @@ def _as_features(value: ArrayLike, role: str) -> np.ndarray:
         value = value.detach().cpu().double().numpy()
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"{role} features must be a 2-D array (n_samples, n_features), "
-                         f"got shape {arr.shape}")
+        raise ValueError(
+            f"{role} features must be a 2-D array (n_samples, n_features), got shape {arr.shape}"
+        )
     if arr.shape[0] < 2:
-        raise ValueError(f"{role} features need at least 2 samples for an unbiased MMD estimate, "
-                         f"got {arr.shape[0]}")
+        raise ValueError(
+            f"{role} features need at least 2 samples for an unbiased MMD estimate, got {arr.shape[0]}"
+        )
     if arr.shape[1] < 1:
         raise ValueError(f"{role} features have no dimensions (shape {arr.shape})")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{role} features contain NaN or inf values ({int((~np.isfinite(arr)).sum())} "
-                         f"entries); check the feature extractor and the input images")
+        raise ValueError(
+            f"{role} features contain NaN or inf values ({int((~np.isfinite(arr)).sum())} "
+            f"entries); check the feature extractor and the input images"
+        )
     return arr
 
 
@@ -131,8 +136,10 @@ def kid(
     x = _as_features(real_features, "real")
     y = _as_features(fake_features, "fake")
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"real and fake features have different dimensions: {x.shape[1]} vs {y.shape[1]}; "
-                         f"extract both with the same feature extractor")
+        raise ValueError(
+            f"real and fake features have different dimensions: {x.shape[1]} vs {y.shape[1]}; "
+            f"extract both with the same feature extractor"
+        )
     n_x, n_y = x.shape[0], y.shape[0]
     largest = min(n_x, n_y)
     m = min(1000, largest) if subset_size is None else int(subset_size)
@@ -188,8 +195,9 @@ class KernelDistance:
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2:
-            raise ValueError(f"{role} batch must be (batch, n_features) or (n_features,), "
-                             f"got shape {arr.shape}")
+            raise ValueError(
+                f"{role} batch must be (batch, n_features) or (n_features,), got shape {arr.shape}"
+            )
         return arr.copy()
 
     def update(self, real: ArrayLike | None = None, fake: ArrayLike | None = None) -> None:
@@ -204,14 +212,21 @@ class KernelDistance:
     def compute(self) -> KIDResult:
         """KID of everything added since the last :meth:`reset` (see :func:`kid`)."""
         if not self._real or not self._fake:
-            raise ValueError("KernelDistance.compute() needs both real and fake features; "
-                             "call update() first")
+            raise ValueError(
+                "KernelDistance.compute() needs both real and fake features; call update() first"
+            )
         for role, parts in (("real", self._real), ("fake", self._fake)):
             if len({p.shape[1] for p in parts}) > 1:
-                raise ValueError(f"{role} batches have different feature dimensions: "
-                                 f"{sorted({p.shape[1] for p in parts})}")
-        return kid(np.concatenate(self._real), np.concatenate(self._fake),
-                   subset_size=self.subset_size, n_subsets=self.n_subsets, seed=self.seed)
+                raise ValueError(
+                    f"{role} batches have different feature dimensions: {sorted({p.shape[1] for p in parts})}"
+                )
+        return kid(
+            np.concatenate(self._real),
+            np.concatenate(self._fake),
+            subset_size=self.subset_size,
+            n_subsets=self.n_subsets,
+            seed=self.seed,
+        )
 
     def reset(self) -> None:
         """Forget all accumulated features."""
