@@ -212,6 +212,9 @@ def grid_cmd(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one column each.")] = "0,1,2",
     steps: int | None = None,
     strength: float | None = None,
+    reference_label: Annotated[
+        str | None, typer.Option(help="Add a row of real images of this label.")
+    ] = None,
 ) -> None:
     """Save a figure: source image, its mask, and the synthetic lesion for several seeds."""
     from models.evaluation.grid import synthesis_grid
@@ -226,6 +229,7 @@ def grid_cmd(
         seeds=[int(s) for s in seeds.split(",")],
         steps=steps,
         strength=strength,
+        reference_label=reference_label,
     )
     typer.echo(f"wrote {path}")
 

@@ -57,10 +57,20 @@ def test_design_choices_measurement_runs(tmp_path, tiny_synth, demo_manifest):
     cond = tmp_path / "cond"
     config = SynthesizerConfig(resolution=32, preset="tiny", mask_conditioning=True)
     train_synthesizer(tiny_settings(demo_manifest, cond, config=config, max_steps=8))
-    result = design_choices.main([
-        "--uncond", str(tiny_synth), "--cond", str(cond), "--manifest", str(demo_manifest),
-        "--feature-epochs", "1", "--out", str(tmp_path),
-    ])
+    result = design_choices.main(
+        [
+            "--uncond",
+            str(tiny_synth),
+            "--cond",
+            str(cond),
+            "--manifest",
+            str(demo_manifest),
+            "--feature-epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     for entry in result["models"].values():
         assert entry["heldout_denoising_loss"] > 0
         assert set(entry["strength"]) == {"0.5", "0.7", "0.8", "0.9", "1.0"}

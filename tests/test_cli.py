@@ -95,9 +95,12 @@ def test_demo_split_train_synthesize_balance(tmp_path):
         "0,1",
         "--steps",
         3,
+        "--reference-label",
+        "lesion",
     )
     assert result.exit_code == 0, result.output
-    assert Image.open(tmp_path / "grid.png").size[0] > 200
+    width, height = Image.open(tmp_path / "grid.png").size
+    assert width > 200 and height > width * 2 / 4  # 2 source rows + 1 reference row over 4 columns
 
 
 @pytest.fixture()

@@ -11,7 +11,10 @@ from tests.conftest import REPO
 def test_recorded_ph2_split_matches_the_code(ph2_manifest):
     manifest = load_manifest(ph2_manifest, check_files=False)
     add_split(manifest, **PH2_SPLIT)
-    recorded = {r["orig_id"]: r["split"] for r in csv.DictReader(open(REPO / "docs/evidence/ph2_split.csv"))}
+    recorded = {
+        r["orig_id"]: r["split"]
+        for r in csv.DictReader((REPO / "docs/evidence/ph2_split.csv").read_text().splitlines())
+    }
     assert {r.fields["orig_id"]: r.split for r in manifest.rows} == recorded
     train_melanoma = sum(1 for r in manifest.rows if r.split == "train" and r.label == "lesion")
     assert train_melanoma == 26

@@ -26,7 +26,10 @@ def synthesis_grid(
     steps: int | None = None,
     strength: float | None = None,
     title: str | None = None,
+    reference_label: str | None = None,
 ) -> Path:
+    """Rows: source images of ``label`` from ``split``; columns: image, mask outline, one synthetic per
+    seed. With ``reference_label``, a last row shows real images of that label for comparison."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,7 +42,9 @@ def synthesis_grid(
     inpainter = LesionInpainter.from_pretrained(model)
     pairs = [r.load() for r in rows]
     cols = 2 + len(seeds)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2.0 * cols, 2.0 * len(rows)), squeeze=False)
+    references = manifest.rows_in(split, reference_label)[:cols] if reference_label else []
+    n_rows = len(rows) + (1 if references else 0)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(2.0 * cols, 2.0 * n_rows), squeeze=False)
     for i, (image, mask) in enumerate(pairs):
         results = inpainter.inpaint_batch(
             [image] * len(seeds), [mask] * len(seeds), list(seeds), steps=steps, strength=strength
@@ -54,6 +59,11 @@ def synthesis_grid(
             axes[i, j].set_axis_off()
             if i == 0 or j == 0:
                 axes[i, j].set_title(name, fontsize=8)
+    for j in range(cols if references else 0):
+        axes[-1, j].set_axis_off()
+        if j < len(references):
+            axes[-1, j].imshow(references[j].load()[0])
+            axes[-1, j].set_title(f"real {reference_label} (row {references[j].number})", fontsize=8)
     card = inpainter.model.card
     fig.suptitle(
         title
