@@ -7,8 +7,8 @@ import torch
 from diffusers import DDPMPipeline, UNet2DModel
 from safetensors.torch import load_file
 
+from models.checkpoints import list_checkpoints
 from models.data.manifest import load_manifest
-from models.diffusion.checkpoint import list_checkpoints
 from models.diffusion.config import SynthesizerConfig
 from models.diffusion.folder import load_synthesizer
 from models.diffusion.train import train_synthesizer

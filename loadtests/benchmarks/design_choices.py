@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     first = next(iter(models.values()))
     sets = held_out_sets(manifest, first.model.card["lesion_label"], first.resolution, first.config.margin)
-    net = train_crop_classifier(sets.train_crops, sets.train_labels, epochs=args.feature_epochs, progress=True)
+    net = train_crop_classifier(
+        sets.train_crops, sets.train_labels, epochs=args.feature_epochs, progress=True
+    )
     ref_lesion, ref_normal = crop_features(net, sets.lesion_images), crop_features(net, sets.normal_images)
 
     def score(crops: torch.Tensor) -> dict:

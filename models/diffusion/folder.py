@@ -15,36 +15,25 @@ or tampering), with a message saying which file.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from models import __version__
-from models.artifacts import atomic_write_json, sha256_file
 from models.diffusion.config import SynthesizerConfig
 from models.errors import ModelFolderError
+from models.model_card import CARD_NAME, verify_files, write_card
+from models.model_card import read_card as read_model_card
 
-CARD_NAME = "model_card.json"
 KIND = "lesionsynth.synthesizer"
 FORMAT_VERSION = 1
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
-HASHED_FILES = (WEIGHTS, "unet/config.json", "scheduler/scheduler_config.json", "model_index.json")
+HASHED_FILES = [WEIGHTS, "unet/config.json", "scheduler/scheduler_config.json", "model_index.json"]
 
-
-def versions() -> dict[str, str]:
-    return {
-        "lesionsynth": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-    }
+__all__ = ["CARD_NAME", "LoadedSynthesizer", "load_synthesizer", "read_card", "write_synthesizer"]
 
 
 def write_synthesizer(
@@ -66,18 +55,8 @@ def write_synthesizer(
             shutil.rmtree(target)
         os.replace(staging / name, target)
     shutil.rmtree(staging, ignore_errors=True)
-    files = {name: sha256_file(out / name) for name in HASHED_FILES}
-    full = {
-        **card,
-        "kind": KIND,
-        "format_version": FORMAT_VERSION,
-        "model_version": files[WEIGHTS][:12],
-        "config": config.to_dict(),
-        "files": files,
-        "versions": versions(),
-    }
-    atomic_write_json(out / CARD_NAME, full)
-    return full
+    card = {**card, "kind": KIND, "format_version": FORMAT_VERSION, "config": config.to_dict()}
+    return write_card(out, card, HASHED_FILES, version_file=WEIGHTS)
 
 
 @dataclass
@@ -93,40 +72,9 @@ class LoadedSynthesizer:
 
 
 def read_card(folder: str | Path) -> dict:
-    folder = Path(folder)
-    if not folder.exists():
-        raise ModelFolderError(f"model folder does not exist: {folder}")
-    if not folder.is_dir():
-        raise ModelFolderError(f"model path is not a folder: {folder}")
-    card_path = folder / CARD_NAME
-    if not card_path.is_file():
-        raise ModelFolderError(
-            f"{folder} is not a lesionsynth synthesizer: it has no {CARD_NAME} "
-            "(train one with `lesionsynth train-synthesizer`, or the training did not finish)"
-        )
-    try:
-        card = json.loads(card_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{CARD_NAME} in {folder} is not valid JSON") from exc
-    if not isinstance(card, dict) or card.get("kind") != KIND:
-        raise ModelFolderError(f"{folder} holds a model card of kind {card.get('kind')!r}, not {KIND!r}")
-    if card.get("format_version") != FORMAT_VERSION:
-        raise ModelFolderError(
-            f"{folder} has synthesizer format {card.get('format_version')}; this lesionsynth reads {FORMAT_VERSION}"
-        )
-    return card
-
-
-def verify_files(folder: Path, card: dict) -> None:
-    """Check every file the card lists against its sha256."""
-    for name, expected in card.get("files", {}).items():
-        path = folder / name
-        if not path.is_file():
-            raise ModelFolderError(f"{folder} is incomplete: {name} is missing")
-        if sha256_file(path) != expected:
-            raise ModelFolderError(
-                f"{folder}: {name} fails its sha256 check (corrupted or modified since training); refusing to load"
-            )
+    return read_model_card(
+        folder, KIND, FORMAT_VERSION, hint="train one with `lesionsynth train-synthesizer`"
+    )
 
 
 def load_synthesizer(

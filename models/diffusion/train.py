@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
+from models.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from models.data.manifest import load_manifest
-from models.diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from models.diffusion.config import SynthesizerConfig, build_train_scheduler, build_unet
 from models.diffusion.crops import LesionCrops
 from models.diffusion.folder import CARD_NAME, read_card, write_synthesizer
@@ -119,7 +119,7 @@ def train_synthesizer(s: TrainSettings) -> dict:
     # 4. Resume.
     step, loss_curve, train_seconds = 0, [], 0.0
     if s.resume and (ckpt := latest_checkpoint(ckpt_root)):
-        state = load_checkpoint(ckpt, unet, ema, optimizer, generator)
+        tensors, state = load_checkpoint(ckpt, optimizer, generator)
         saved = state["metadata"]["run"]
         if saved != run_identity:
             changed = sorted(k for k in run_identity if saved.get(k) != run_identity[k])
@@ -127,6 +127,9 @@ def train_synthesizer(s: TrainSettings) -> dict:
                 f"cannot resume: the checkpoint was made with different {', '.join(changed)}; "
                 "use the original settings or a new --out"
             )
+        unet.load_state_dict(tensors["model"])
+        shadow = tensors["ema"]
+        ema.load_state_dict({**state["ema"], "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
         step, loss_curve = state["step"], state["metadata"]["loss_curve"]
         train_seconds = state["metadata"]["train_seconds"]
         log.info("resumed from step %d", step)
@@ -136,8 +139,11 @@ def train_synthesizer(s: TrainSettings) -> dict:
             return card
 
     def checkpoint() -> None:
+        ema_state = ema.state_dict()
+        shadow = {str(i): t for i, t in enumerate(ema_state.pop("shadow_params"))}
         meta = {"run": run_identity, "loss_curve": loss_curve, "train_seconds": train_seconds}
-        save_checkpoint(ckpt_root, step, unet, ema, optimizer, generator, meta)
+        tensors = {"model": unet.state_dict(), "ema": shadow}
+        save_checkpoint(ckpt_root, step, tensors, optimizer, generator, {"ema": ema_state, "metadata": meta})
 
     # 5. Optimise.
     bar = tqdm(total=s.max_steps, initial=step, desc="train synthesizer", unit="step", disable=not s.progress)

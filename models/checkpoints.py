@@ -1,15 +1,15 @@
 """Training checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
-A checkpoint is a folder ``checkpoints/step-000500/`` holding
+A checkpoint is a folder ``<root>/step-000500/`` holding
 
-    model.safetensors      UNet weights (the raw, non-EMA model being optimised)
-    ema.safetensors        EMA shadow weights
-    optimizer.safetensors  AdamW moments, flattened as ``state.<param index>.<name>``
+    <group>.safetensors    one file per named tensor group (e.g. ``model``, ``ema``)
+    optimizer.safetensors  the optimizer's tensors, flattened as ``state.<param index>.<name>``
     rng.safetensors        the data/noise generator's state (uint8)
-    state.json             step, loss curve, optimizer param groups, EMA scalars, run metadata
+    state.json             the caller's JSON state + optimizer param groups and scalars
 
 It is built under a temporary name and renamed into place, so a listed checkpoint is always complete;
 :func:`latest_checkpoint` ignores anything else. Only the newest ``keep`` checkpoints are kept.
+Used by the synthesizer (``model`` + ``ema``) and the classifier (``model`` + ``best``) recipes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
 from models.artifacts import atomic_write_json
@@ -54,33 +53,25 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(
     root: Path,
     step: int,
-    unet: torch.nn.Module,
-    ema: EMAModel,
+    tensors: dict[str, dict[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
-    metadata: dict,
+    state: dict,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``root/step-<step>`` atomically; prune older ones beyond ``keep``."""
+    """Write ``root/step-<step>`` atomically; prune older checkpoints beyond ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors"
-    )
-    ema_state = ema.state_dict()
-    shadow = ema_state.pop("shadow_params")
-    save_file(
-        {f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(shadow)}, tmp / "ema.safetensors"
-    )
+    for group, values in tensors.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, tmp / f"{group}.safetensors")
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     save_file({"state": generator.get_state()}, tmp / "rng.safetensors")
     atomic_write_json(
-        tmp / "state.json",
-        {"step": step, "ema": ema_state, "optimizer": opt_meta, "metadata": metadata},
+        tmp / "state.json", {"step": step, "groups": sorted(tensors), "optimizer": opt_meta, **state}
     )
     if final.exists():
         shutil.rmtree(final)
@@ -104,21 +95,13 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: Path,
-    unet: torch.nn.Module,
-    ema: EMAModel,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-) -> dict:
-    """Restore everything :func:`save_checkpoint` wrote; return ``state.json`` (step, metadata, ...)."""
+    path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Restore the optimizer and generator in place; return (tensor groups, JSON state)."""
     state = json.loads((path / "state.json").read_text())
-    unet.load_state_dict(load_file(path / "model.safetensors"))
-    shadow = load_file(path / "ema.safetensors")
-    ema_state = dict(state["ema"])
-    ema_state["shadow_params"] = [shadow[f"shadow.{i}"] for i in range(len(shadow))]
-    ema.load_state_dict(ema_state)
+    tensors = {group: load_file(path / f"{group}.safetensors") for group in state["groups"]}
     optimizer.load_state_dict(
         _unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["optimizer"])
     )
     generator.set_state(load_file(path / "rng.safetensors")["state"])
-    return state
+    return tensors, state
