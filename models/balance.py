@@ -29,7 +29,7 @@ from tqdm import tqdm
 from models.artifacts import atomic_write_bytes, atomic_write_json
 from models.data.images import encode_png
 from models.data.manifest import Manifest, Row, load_manifest
-from models.diffusion.inpaint import DEFAULT_STEPS, DEFAULT_STRENGTH, LesionInpainter, check_parameters
+from models.diffusion.inpaint import DEFAULTS, LesionInpainter, check_seed
 from models.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class BalanceSettings:
     seed: int = 0
     steps: int | None = None
     strength: float | None = None
+    eta: float | None = None
+    resample: int | None = None
     batch_size: int = 8
     progress: bool = True
 
@@ -126,11 +128,8 @@ def balance_dataset(s: BalanceSettings) -> Path:
         raise ConfigError("--count must be >= 1")
     if s.normal_label == s.lesion_label:
         raise ConfigError("--normal-label and --lesion-label must differ")
-    check_parameters(
-        DEFAULT_STEPS if s.steps is None else s.steps,
-        DEFAULT_STRENGTH if s.strength is None else s.strength,
-        s.seed,
-    )
+    DEFAULTS.with_overrides(steps=s.steps, strength=s.strength, eta=s.eta, resample=s.resample)
+    check_seed(s.seed)
     manifest = load_manifest(s.manifest, progress=s.progress)
     manifest.require_label(s.normal_label)
     inpainter = LesionInpainter.from_pretrained(s.model, batch_size=s.batch_size)
@@ -179,6 +178,8 @@ def balance_dataset(s: BalanceSettings) -> Path:
                 [p.seed for p in chunk],
                 steps=s.steps,
                 strength=s.strength,
+                eta=s.eta,
+                resample=s.resample,
             )
             for p, result in zip(chunk, results, strict=True):
                 atomic_write_bytes(out / p.file_name, encode_png(result))

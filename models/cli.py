@@ -43,6 +43,11 @@ ManifestOpt = Annotated[
     Path, typer.Option("--manifest", "-m", help="CSV manifest (image_path,mask_path,label,...)")
 ]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+# Sampler options: None means the measured defaults of models.diffusion.inpaint.SamplerSettings.
+StepsOpt = Annotated[int | None, typer.Option(help="DDIM steps (default 25).")]
+StrengthOpt = Annotated[float | None, typer.Option(help="Starting noise level in (0, 1]; 1 = pure noise (default).")]
+EtaOpt = Annotated[float | None, typer.Option(help="Sampler stochasticity in [0, 1] (default 1).")]
+ResampleOpt = Annotated[int | None, typer.Option(help="Takes per step, RePaint-style (default 1; 2 = better, 2x time).")]
 
 
 @data_app.command("check")
@@ -148,10 +153,10 @@ def synthesize_cmd(
     mask: Annotated[Path, typer.Option(help="Mask: > 127 marks where to paint the lesion.")],
     out: Annotated[Path, typer.Option(help="Output PNG.")],
     seed: SeedOpt = 0,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps (default 25).")] = None,
-    strength: Annotated[
-        float | None, typer.Option(help="Noise level in (0, 1]; 1 = from pure noise.")
-    ] = None,
+    steps: StepsOpt = None,
+    strength: StrengthOpt = None,
+    eta: EtaOpt = None,
+    resample: ResampleOpt = None,
 ) -> None:
     """Paint a synthetic lesion into the masked region of one image."""
     from models.artifacts import atomic_write_bytes
@@ -161,7 +166,7 @@ def synthesize_cmd(
     img = decode_image(image, role="image")
     msk = decode_mask(mask, role="mask")
     inpainter = LesionInpainter.from_pretrained(model)
-    result = inpainter.inpaint(img, msk, seed=seed, steps=steps, strength=strength)
+    result = inpainter.inpaint(img, msk, seed=seed, steps=steps, strength=strength, eta=eta, resample=resample)
     atomic_write_bytes(out, encode_png(result))
     typer.echo(f"wrote {out}")
 
@@ -176,8 +181,10 @@ def balance_cmd(
     count: Annotated[int, typer.Option(help="How many synthetic lesion images to make.")],
     out: Annotated[Path, typer.Option(help="Output folder (manifest.csv + synthetic/).")],
     seed: SeedOpt = 0,
-    steps: int | None = None,
-    strength: float | None = None,
+    steps: StepsOpt = None,
+    strength: StrengthOpt = None,
+    eta: EtaOpt = None,
+    resample: ResampleOpt = None,
     batch_size: int = 8,
 ) -> None:
     """Turn COUNT normal train images into synthetic lesions; write the balanced manifest (resumable)."""
@@ -194,6 +201,8 @@ def balance_cmd(
             seed=seed,
             steps=steps,
             strength=strength,
+            eta=eta,
+            resample=resample,
             batch_size=batch_size,
         )
     )
@@ -210,8 +219,10 @@ def grid_cmd(
     split: Annotated[str, typer.Option(help="Split to take the source images from.")] = "test",
     n_images: int = 4,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one column each.")] = "0,1,2",
-    steps: int | None = None,
-    strength: float | None = None,
+    steps: StepsOpt = None,
+    strength: StrengthOpt = None,
+    eta: EtaOpt = None,
+    resample: ResampleOpt = None,
     reference_label: Annotated[
         str | None, typer.Option(help="Add a row of real images of this label.")
     ] = None,
@@ -227,8 +238,7 @@ def grid_cmd(
         split=split,
         n_images=n_images,
         seeds=[int(s) for s in seeds.split(",")],
-        steps=steps,
-        strength=strength,
+        sampler={"steps": steps, "strength": strength, "eta": eta, "resample": resample},
         reference_label=reference_label,
     )
     typer.echo(f"wrote {path}")

@@ -34,18 +34,21 @@ def test_benchmark_reports_calls_times_and_quality(tmp_path, tiny_synth, demo_ma
         "ours_seconds_per_image",
     ):
         assert saved[key] > 0
-    assert saved["ours_unet_calls"] == 20  # 25 DDIM steps at strength 0.8
+    assert saved["ours_unet_calls"] == 25  # the default: 25 DDIM steps from pure noise
+    assert saved["variants"]["ours_resample2"]["unet_calls"] == 49
+    assert saved["variants"]["ours_ddim_partial"]["unet_calls"] == 20
     # RePaint's default schedule: 250 steps with 10 resampling jumps of 10: about 2,400 calls per image.
     assert 2300 <= saved["repaint_unet_calls"] <= 2500
     assert saved["unet_call_ratio"] >= 40
     assert set(saved["kid_vs_heldout_lesions"]) == {
         "ours",
-        "ours_strength_1",
+        "ours_resample2",
+        "ours_ddim_partial",
         "repaint",
         "untouched_normal",
         "train_lesions",
     }
-    assert "RePaint / ours" in (tmp_path / "synthesis.md").read_text()
+    assert "fewer UNet calls" in (tmp_path / "synthesis.md").read_text()
 
 
 def test_design_choices_measurement_runs(tmp_path, tiny_synth, demo_manifest):
@@ -73,6 +76,7 @@ def test_design_choices_measurement_runs(tmp_path, tiny_synth, demo_manifest):
     )
     for entry in result["models"].values():
         assert entry["heldout_denoising_loss"] > 0
-        assert set(entry["strength"]) == {"0.5", "0.7", "0.8", "0.9", "1.0"}
-        assert 0 <= entry["strength"]["0.8"]["mean_p_lesion"] <= 1
+        assert 0 <= entry["defaults"]["mean_p_lesion"] <= 1
+    assert list(result["models"]["unconditional"]["sweep"]) == list(design_choices.SWEEP)
+    assert result["models"]["mask-conditioned"]["sweep"] == {}
     assert "held-out denoising loss" in (tmp_path / "design_choices.md").read_text()

@@ -118,3 +118,23 @@ def test_model_folder_errors(tmp_path, tiny_synth):
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelFolderError, match="fails its sha256 check"):
         LesionInpainter.from_pretrained(corrupt)
+
+
+def test_sampler_settings_are_validated_and_counted():
+    from models.diffusion.inpaint import DEFAULTS, SamplerSettings
+
+    assert DEFAULTS.unet_calls == 25
+    assert SamplerSettings(strength=0.8, eta=0.0).unet_calls == 20
+    assert SamplerSettings(resample=2).unet_calls == 49
+    for bad, needle in ((dict(eta=1.5), "eta"), (dict(resample=0), "resample"), (dict(steps=True), "steps")):
+        with pytest.raises(ParameterError, match=needle):
+            DEFAULTS.with_overrides(**bad)
+
+
+def test_stochastic_and_resampled_sampling_stay_deterministic(inpainter, normal_pair):
+    image, mask = normal_pair
+    for kwargs in (dict(eta=1.0, resample=2), dict(eta=0.5, strength=0.6)):
+        a = inpainter.inpaint(image, mask, seed=4, **kwargs)
+        np.testing.assert_array_equal(a, inpainter.inpaint(image, mask, seed=4, **kwargs))
+        region = inpainter.editable_region(mask)
+        np.testing.assert_array_equal(a[~region], image[~region])

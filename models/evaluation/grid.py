@@ -23,8 +23,7 @@ def synthesis_grid(
     split: str = "test",
     n_images: int = 4,
     seeds: Sequence[int] = (0, 1, 2),
-    steps: int | None = None,
-    strength: float | None = None,
+    sampler: dict | None = None,
     title: str | None = None,
     reference_label: str | None = None,
 ) -> Path:
@@ -40,6 +39,7 @@ def synthesis_grid(
     if not rows:
         raise ConfigError(f"no {split!r} rows with label {label!r}")
     inpainter = LesionInpainter.from_pretrained(model)
+    settings = inpainter.defaults.with_overrides(**(sampler or {}))
     pairs = [r.load() for r in rows]
     cols = 2 + len(seeds)
     references = manifest.rows_in(split, reference_label)[:cols] if reference_label else []
@@ -47,7 +47,7 @@ def synthesis_grid(
     fig, axes = plt.subplots(n_rows, cols, figsize=(2.0 * cols, 2.0 * n_rows), squeeze=False)
     for i, (image, mask) in enumerate(pairs):
         results = inpainter.inpaint_batch(
-            [image] * len(seeds), [mask] * len(seeds), list(seeds), steps=steps, strength=strength
+            [image] * len(seeds), [mask] * len(seeds), list(seeds), **settings.as_kwargs()
         )
         overlay = image.copy()
         edge = mask ^ np.roll(mask, 1, 0) | mask ^ np.roll(mask, 1, 1)
@@ -68,7 +68,8 @@ def synthesis_grid(
     fig.suptitle(
         title
         or f"synthesizer {card['model_version']} ({card['steps']} steps, {card['resolution']}px), "
-        f"strength {strength or inpainter.defaults.strength}, {steps or inpainter.defaults.steps} DDIM steps",
+        f"{settings.steps} DDIM steps, strength {settings.strength}, eta {settings.eta}, "
+        f"resample {settings.resample}",
         fontsize=9,
     )
     fig.tight_layout()
