@@ -45,9 +45,13 @@ ManifestOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 # Sampler options: None means the measured defaults of models.diffusion.inpaint.SamplerSettings.
 StepsOpt = Annotated[int | None, typer.Option(help="DDIM steps (default 25).")]
-StrengthOpt = Annotated[float | None, typer.Option(help="Starting noise level in (0, 1]; 1 = pure noise (default).")]
+StrengthOpt = Annotated[
+    float | None, typer.Option(help="Starting noise level in (0, 1]; 1 = pure noise (default).")
+]
 EtaOpt = Annotated[float | None, typer.Option(help="Sampler stochasticity in [0, 1] (default 1).")]
-ResampleOpt = Annotated[int | None, typer.Option(help="Takes per step, RePaint-style (default 1; 2 = better, 2x time).")]
+ResampleOpt = Annotated[
+    int | None, typer.Option(help="Takes per step, RePaint-style (default 1; 2 = better, 2x time).")
+]
 
 
 @data_app.command("check")
@@ -166,7 +170,9 @@ def synthesize_cmd(
     img = decode_image(image, role="image")
     msk = decode_mask(mask, role="mask")
     inpainter = LesionInpainter.from_pretrained(model)
-    result = inpainter.inpaint(img, msk, seed=seed, steps=steps, strength=strength, eta=eta, resample=resample)
+    result = inpainter.inpaint(
+        img, msk, seed=seed, steps=steps, strength=strength, eta=eta, resample=resample
+    )
     atomic_write_bytes(out, encode_png(result))
     typer.echo(f"wrote {out}")
 
@@ -240,6 +246,126 @@ def grid_cmd(
         seeds=[int(s) for s in seeds.split(",")],
         sampler={"steps": steps, "strength": strength, "eta": eta, "resample": resample},
         reference_label=reference_label,
+    )
+    typer.echo(f"wrote {path}")
+
+
+@app.command("train-classifier")
+@user_errors
+def train_classifier_cmd(
+    manifest: ManifestOpt,
+    positive_label: Annotated[str, typer.Option(help="Label of the positive (high-grade) class.")],
+    out: Annotated[Path, typer.Option(help="Output model folder.")],
+    arch: Annotated[str, typer.Option(help="resnet18, resnet34, resnet50 or resnet101.")] = "resnet50",
+    image_size: int = 224,
+    epochs: int = 30,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better val AUC.")] = 10,
+    balance: Annotated[
+        str,
+        typer.Option(
+            help="none, oversample, weighted-loss, weighted-sampler, synthetic, synthetic+weighted."
+        ),
+    ] = "none",
+    target_sensitivity: Annotated[
+        float, typer.Option(help="The val threshold reaches this sensitivity.")
+    ] = 0.9,
+    seed: SeedOpt = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if present)")] = None,
+) -> None:
+    """Train the screening classifier on `train`, stop early and pick the threshold on `val`."""
+    from models.classifier.config import ClassifierConfig
+    from models.classifier.train import ClassifierTrainSettings, train_classifier
+
+    card = train_classifier(
+        ClassifierTrainSettings(
+            manifest=manifest,
+            positive_label=positive_label,
+            out=out,
+            config=ClassifierConfig(arch=arch, image_size=image_size),
+            balance=balance,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            patience=patience,
+            target_sensitivity=target_sensitivity,
+            seed=seed,
+            resume=resume,
+            device=device,
+        )
+    )
+    val = card["val"]
+    typer.echo(
+        f"wrote {out} (model version {card['model_version']}, val AUC {val['auc']:.3f}, threshold "
+        f"{card['threshold']:.4f}: val sensitivity {val['sensitivity']:.3f}, specificity {val['specificity']:.3f})"
+    )
+
+
+@app.command("experiment")
+@user_errors
+def experiment_cmd(
+    config: Annotated[Path, typer.Option(help="Experiment YAML (see experiments/).")],
+    unit_index: Annotated[
+        int | None, typer.Option(help="Run only unit N (strategy-major order), e.g. one Indexed Job pod.")
+    ] = None,
+    prepare_only: Annotated[bool, typer.Option(help="Only split, train the synthesizer, balance.")] = False,
+    aggregate_only: Annotated[
+        bool, typer.Option(help="Only aggregate finished units into the report.")
+    ] = False,
+) -> None:
+    """Every balancing strategy x N seeds, evaluated on `test`: report.md, results.json, roc.png."""
+    from models.experiment.config import load_config
+    from models.experiment.prepare import prepare
+    from models.experiment.runner import aggregate_units, run_experiment, run_units
+    from models.experiment.units import all_units
+
+    cfg = load_config(config)
+    if unit_index is not None:
+        units = all_units(cfg)
+        if not 0 <= unit_index < len(units):
+            raise LesionsynthError(f"--unit-index must be in [0, {len(units) - 1}] for this config")
+        run_units(cfg, prepare(cfg), [units[unit_index]])
+        typer.echo(f"unit {units[unit_index].name} done")
+        return
+    if prepare_only:
+        prepared = prepare(cfg)
+        typer.echo(f"prepared {prepared.manifest} ({prepared.synthetic_count} synthetic images)")
+        return
+    results = aggregate_units(cfg, prepare(cfg)) if aggregate_only else run_experiment(cfg)
+    for name, s in results["strategies"].items():
+        typer.echo(f"{name:20s} AUC {s['auc_mean']:.3f} +- {s['auc_sd']:.3f}")
+    typer.echo(f"wrote {cfg.out / 'report.md'}")
+
+
+@app.command("export-onnx")
+@user_errors
+def export_onnx_cmd(
+    model: Annotated[Path, typer.Option(help="Classifier folder.")],
+    out: Annotated[Path, typer.Option(help="Output .onnx file (its card goes to FILE.json).")],
+) -> None:
+    """Export the classifier to ONNX (dynamic batch), refused unless it matches torch within 1e-4."""
+    from models.export.onnx import export_onnx
+
+    card = export_onnx(model, out)
+    typer.echo(f"wrote {out} (max |onnx - torch| = {card['parity_max_abs_diff']:.2e})")
+
+
+@app.command("export-triton")
+@user_errors
+def export_triton_cmd(
+    model: Annotated[Path, typer.Option(help="Classifier folder.")],
+    repository: Annotated[Path, typer.Option(help="Triton model repository folder.")] = Path("models/triton"),
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "lesion_classifier",
+    instance_kind: Annotated[str, typer.Option(help="gpu (production) or cpu.")] = "gpu",
+    max_batch_size: int = 32,
+) -> None:
+    """Write a Triton repository: NAME/config.pbtxt (onnxruntime, dynamic batching) + NAME/1/model.onnx."""
+    from models.export.triton import export_triton
+
+    path = export_triton(
+        model, repository, name=name, instance_kind=instance_kind, max_batch_size=max_batch_size
     )
     typer.echo(f"wrote {path}")
 

@@ -60,13 +60,21 @@ class SamplerSettings:
     resample: int = 1
 
     def check(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+        if (
+            isinstance(self.steps, bool)
+            or not isinstance(self.steps, int)
+            or not 1 <= self.steps <= MAX_STEPS
+        ):
             raise ParameterError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
         if not (isinstance(self.strength, int | float) and 0.0 < float(self.strength) <= 1.0):
             raise ParameterError(f"strength must be in (0, 1], got {self.strength!r}")
         if not (isinstance(self.eta, int | float) and 0.0 <= float(self.eta) <= 1.0):
             raise ParameterError(f"eta must be in [0, 1], got {self.eta!r}")
-        if isinstance(self.resample, bool) or not isinstance(self.resample, int) or not 1 <= self.resample <= MAX_RESAMPLE:
+        if (
+            isinstance(self.resample, bool)
+            or not isinstance(self.resample, int)
+            or not 1 <= self.resample <= MAX_RESAMPLE
+        ):
             raise ParameterError(f"resample must be an integer in [1, {MAX_RESAMPLE}], got {self.resample!r}")
 
     @property

@@ -1,0 +1,89 @@
+"""Prepare an experiment's data once, before any unit runs: the split, the synthesizer, the balanced set.
+
+Everything lands under ``<out>/`` and is reused on rerun:
+
+    data/manifest.csv        the input manifest with a split (only written when the input had none)
+    synthesizer/             trained on train lesion rows only (unless the config names a model)
+    balanced/manifest.csv    real rows + synthetic lesions made from train normal rows and their masks
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.balance import BalanceSettings, balance_dataset
+from models.data.manifest import load_manifest
+from models.data.split import add_split
+from models.diffusion.config import SynthesizerConfig
+from models.diffusion.train import TrainSettings, train_synthesizer
+from models.experiment.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+_SYNTH_CONFIG_KEYS = ("resolution", "preset", "mask_conditioning", "margin")
+_SYNTH_TRAIN_KEYS = ("max_steps", "batch_size", "learning_rate", "checkpoint_every", "seed")
+_SAMPLER_KEYS = ("steps", "strength", "eta", "resample")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    manifest: Path  # what every unit trains and evaluates on
+    synthesizer: Path | None
+    synthetic_count: int
+
+
+def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
+    out = config.out
+    manifest = load_manifest(config.manifest, progress=progress)
+    for label in (config.positive_label, config.normal_label):
+        manifest.require_label(label)
+    if manifest.has_split():
+        split_path = config.manifest
+    else:
+        split_path = out / "data" / "manifest.csv"
+        if not split_path.is_file():
+            add_split(manifest, **config.split)
+            manifest.save(split_path)
+    if not config.needs_synthesis:
+        return PreparedData(split_path, None, 0)
+
+    synth = config.synthesizer
+    if "model" in synth:
+        model = Path(synth["model"])
+    else:
+        model = out / "synthesizer"
+        train_synthesizer(
+            TrainSettings(
+                manifest=split_path,
+                lesion_label=config.positive_label,
+                out=model,
+                config=SynthesizerConfig(**{k: synth[k] for k in _SYNTH_CONFIG_KEYS if k in synth}),
+                resume=True,
+                device=config.device,
+                progress=progress,
+                **{k: synth[k] for k in _SYNTH_TRAIN_KEYS if k in synth},
+            )
+        )
+
+    split = load_manifest(split_path, check_files=False)
+    n_pos = len(split.rows_in("train", config.positive_label))
+    n_neg = len(split.rows_in("train", config.normal_label))
+    count = config.balance.get("count", "parity")
+    count = max(n_neg - n_pos, 1) if count == "parity" else int(count)
+    balanced = balance_dataset(
+        BalanceSettings(
+            manifest=split_path,
+            model=model,
+            normal_label=config.normal_label,
+            lesion_label=config.positive_label,
+            count=count,
+            out=out / "balanced",
+            seed=int(config.balance.get("seed", 0)),
+            progress=progress,
+            **{k: config.balance[k] for k in _SAMPLER_KEYS if k in config.balance},
+        )
+    )
+    log.info("balanced train split: %d real positives + %d synthetic vs %d normals", n_pos, count, n_neg)
+    return PreparedData(balanced, model, count)

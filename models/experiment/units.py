@@ -1,0 +1,86 @@
+"""One unit of the experiment: train a classifier for one (strategy, seed) and score the test split.
+
+A unit is a plain function of (config, prepared manifest, unit) that writes into its own folder
+``<out>/units/<strategy>/seed-<seed>/`` and finishes by writing ``test_scores.json`` atomically: a unit
+with that file is done and is skipped on rerun; a unit without it resumes its classifier training from
+the newest checkpoint. Units share nothing at run time, so they can run as separate processes here or as
+the pods of one Kubernetes Indexed Job (``lesionsynth experiment --unit-index N``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.artifacts import atomic_write_json
+from models.classifier.folder import load_classifier
+from models.classifier.predict import predict_rows
+from models.classifier.train import ClassifierTrainSettings, train_classifier
+from models.data.manifest import load_manifest
+from models.experiment.config import ExperimentConfig
+
+SCORES = "test_scores.json"
+
+
+@dataclass(frozen=True)
+class Unit:
+    strategy: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}/seed-{self.seed}"
+
+    def folder(self, out: Path) -> Path:
+        return out / "units" / self.strategy.replace("+", "-plus-") / f"seed-{self.seed}"
+
+    def is_done(self, out: Path) -> bool:
+        return (self.folder(out) / SCORES).is_file()
+
+
+def all_units(config: ExperimentConfig) -> list[Unit]:
+    """Units in a fixed order (index i is the i-th pod of an Indexed Job)."""
+    return [Unit(strategy, seed) for strategy in config.strategies for seed in config.seeds]
+
+
+def run_unit(config: ExperimentConfig, manifest: Path, unit: Unit, progress: bool = False) -> dict:
+    folder = unit.folder(config.out)
+    if unit.is_done(config.out):
+        return json.loads((folder / SCORES).read_text())
+    model_dir = folder / "classifier"
+    train_classifier(
+        ClassifierTrainSettings(
+            manifest=manifest,
+            positive_label=config.positive_label,
+            out=model_dir,
+            config=config.classifier_config,
+            balance=unit.strategy,
+            seed=unit.seed,
+            target_sensitivity=config.target_sensitivity,
+            resume=True,
+            device=config.device,
+            progress=progress,
+            **config.training,
+        )
+    )
+    # The only place the test split is read: inference with the finished model.
+    model = load_classifier(model_dir)
+    test_rows = [r for r in load_manifest(manifest, check_files=False).rows_in("test")]
+    test_rows = [r for r in test_rows if r.fields.get("synthetic", "0") != "1"]
+    scores = predict_rows(model, test_rows)
+    result = {
+        "unit": unit.name,
+        "strategy": unit.strategy,
+        "seed": unit.seed,
+        "model_version": model.model_version,
+        "threshold": model.threshold,
+        "val": model.card["val"],
+        "epochs_run": model.card["epochs_run"],
+        "train": model.card["train"],
+        "test_rows": [r.number for r in test_rows],
+        "labels": [int(r.label == config.positive_label) for r in test_rows],
+        "scores": [float(s) for s in scores],
+    }
+    atomic_write_json(folder / SCORES, result)
+    return result

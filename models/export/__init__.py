@@ -1,0 +1,1 @@
+"""Export the screening classifier for serving: ONNX (checked against torch) and a Triton repository."""
