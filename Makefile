@@ -32,17 +32,19 @@ lint: setup
 	$(VENV)/bin/ruff check models services tests loadtests
 
 # End to end on procedurally generated (non-medical) demo data: make data, split it, train a small
-# synthesizer, paint lesions into a few normal images, balance the training split.
+# synthesizer (1000 steps at 32 px, ~2 min on 2 cores), paint lesions into a few normal images, draw
+# them, and run the balancing experiment (experiments/demo.yaml). Reruns reuse what is finished.
 demo: setup
 	$(CLI) data demo $(RUNS)/demo/data
 	$(CLI) data split --manifest $(RUNS)/demo/data/manifest.csv --test-fraction 0.2 --val-fraction 0.1 --seed 0 --force
 	$(CLI) train-synthesizer --manifest $(RUNS)/demo/data/manifest.csv --lesion-label lesion \
-	    --out $(RUNS)/demo/synthesizer --resolution 32 --preset tiny --max-steps 300 --batch-size 8 --resume
+	    --out $(RUNS)/demo/synthesizer --resolution 32 --preset small --max-steps 1000 --batch-size 8 --resume
 	$(CLI) balance --manifest $(RUNS)/demo/data/manifest.csv --model $(RUNS)/demo/synthesizer \
 	    --normal-label normal --lesion-label lesion --count 8 --out $(RUNS)/demo/balanced
 	$(CLI) grid --manifest $(RUNS)/demo/data/manifest.csv --model $(RUNS)/demo/synthesizer \
-	    --label normal --out $(RUNS)/demo/grid.png
-	@echo "demo done: see $(RUNS)/demo/grid.png and $(RUNS)/demo/balanced/manifest.csv"
+	    --label normal --reference-label lesion --out $(RUNS)/demo/grid.png
+	$(CLI) experiment --config experiments/demo.yaml
+	@echo "demo done: see $(RUNS)/demo/grid.png, $(RUNS)/demo/balanced/manifest.csv and $(RUNS)/demo/experiment/report.md"
 
 # Benchmarks write docs/benchmarks/*.json|md. On PH2 they train runs/ph2/synth-{uncond,cond} first when
 # missing (~20 min each on 2 cores), then reuse them.

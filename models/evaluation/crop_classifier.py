@@ -19,6 +19,7 @@ from torchvision.models import resnet18
 from tqdm import tqdm
 
 from models.diffusion.crops import augment_batch
+from models.evaluation.features import resnet_pooled
 
 
 def train_crop_classifier(
@@ -54,15 +55,11 @@ def train_crop_classifier(
     return net.eval()
 
 
-@torch.inference_mode()
 def _run(net: nn.Module, crops: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    pooled: list[torch.Tensor] = []
-    handle = net.avgpool.register_forward_hook(lambda _m, _i, out: pooled.append(out.flatten(1).double()))
-    try:
-        logits = torch.cat([net(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)])
-    finally:
-        handle.remove()
-    return torch.cat(pooled), logits.softmax(-1)[:, 1].double()
+    features, logits = resnet_pooled(
+        net, (crops[i : i + batch_size] for i in range(0, len(crops), batch_size))
+    )
+    return features, logits.softmax(-1)[:, 1].double()
 
 
 def crop_features(net: nn.Module, crops: torch.Tensor, batch_size: int = 64) -> torch.Tensor:

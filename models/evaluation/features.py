@@ -152,3 +152,18 @@ class FeatureExtractor:
         if not np.isfinite(feats).all():
             raise ValueError(f"feature extractor {self.name!r} produced NaN or inf features")
         return feats
+
+
+@torch.inference_mode()
+def resnet_pooled(net: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a torchvision ResNet over an iterable of input batches (B, 3, H, W); return its penultimate
+    (global-average-pooled) features (N, D) float64 and its outputs (N, ...) , both on the CPU."""
+    pooled: list[torch.Tensor] = []
+    handle = net.avgpool.register_forward_hook(
+        lambda _m, _i, out: pooled.append(out.flatten(1).double().cpu())
+    )
+    try:
+        outputs = [net(batch).float().cpu() for batch in batches]
+    finally:
+        handle.remove()
+    return torch.cat(pooled), torch.cat(outputs)

@@ -18,29 +18,23 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from models.classifier.data import preprocess
 from models.classifier.folder import LoadedClassifier
+from models.evaluation.features import resnet_pooled
 from models.evaluation.kid import kid
 
 
-@torch.inference_mode()
 def classifier_features(
     model: LoadedClassifier, images: Sequence[np.ndarray], batch_size: int = 32
 ) -> np.ndarray:
     """Penultimate (global-average-pooled) features of a torchvision ResNet classifier: (N, D)."""
-    pooled: list[torch.Tensor] = []
-    handle = model.net.avgpool.register_forward_hook(
-        lambda _m, _i, out: pooled.append(out.flatten(1).double().cpu())
-    )
     device = next(model.net.parameters()).device
-    try:
-        for i in range(0, len(images), batch_size):
-            model.net(preprocess(images[i : i + batch_size], model.config).to(device))
-    finally:
-        handle.remove()
-    return torch.cat(pooled).numpy()
+    batches = (
+        preprocess(images[i : i + batch_size], model.config).to(device)
+        for i in range(0, len(images), batch_size)
+    )
+    return resnet_pooled(model.net, batches)[0].numpy()
 
 
 def fidelity_scores(
