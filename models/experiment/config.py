@@ -10,8 +10,8 @@ Paths in the file are relative to the file's own folder, so a config travels wit
     positive_label: lesion          # the scarce high-grade class
     normal_label: non_melanoma      # the class synthetic lesions are painted into
     split: {test_fraction: 0.25, val_fraction: 0.1, seed: 0}   # used when the manifest has no split
-    synthesizer:                    # a trained folder (model: ...) or settings to train one here
-      resolution: 64
+    synthesizer:                    # settings; with model: DIR, a finished synthesizer there is used as
+      resolution: 64              # is, and a missing one is trained there
       preset: small
       max_steps: 3000
     balance: {count: parity}        # or an integer; parity = as many synthetic as needed to match

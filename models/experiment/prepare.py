@@ -49,11 +49,11 @@ def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
     if not config.needs_synthesis:
         return PreparedData(split_path, None, 0)
 
+    # The synthesizer: a given folder, or out/synthesizer; trained here (train lesion rows only) unless
+    # the folder already holds a finished synthesizer.
     synth = config.synthesizer
-    if "model" in synth:
-        model = Path(synth["model"])
-    else:
-        model = out / "synthesizer"
+    model = Path(synth["model"]) if "model" in synth else out / "synthesizer"
+    if not (model / "model_card.json").is_file():
         train_synthesizer(
             TrainSettings(
                 manifest=split_path,
