@@ -326,7 +326,7 @@ def experiment_cmd(
         units = all_units(cfg)
         if not 0 <= unit_index < len(units):
             raise LesionsynthError(f"--unit-index must be in [0, {len(units) - 1}] for this config")
-        run_units(cfg, prepare(cfg), [units[unit_index]])
+        run_units(cfg, prepare(cfg).manifest, [units[unit_index]])
         typer.echo(f"unit {units[unit_index].name} done")
         return
     if prepare_only:

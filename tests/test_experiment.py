@@ -135,3 +135,28 @@ def test_shipped_configs_parse(name):
     config = load_config(REPO / "experiments" / name)
     assert "none" in config.strategies and config.seeds
     assert config.out.is_relative_to(REPO / "runs")
+
+
+def test_series_over_synthesizer_checkpoints(tmp_path, demo_manifest, tiny_synth):
+    path = write_config(
+        tmp_path,
+        demo_manifest,
+        tiny_synth,
+        strategies=["none", "synthetic"],
+        seeds=[0],
+        workers=1,
+        synthesizer={"resolution": 32, "preset": "tiny", "max_steps": 8, "batch_size": 4},
+        series={"snapshots": [4, 8], "seeds": [0, 1]},
+    )
+    config = load_config(path)
+    results = run_experiment(config, progress=False)
+    series = results["series"]
+    assert list(series["steps"]) == ["4", "8"]
+    for entry in series["steps"].values():
+        assert len(entry["auc_per_seed"]) == 2
+        assert entry["kid_synthetic_vs_real_lesion"]["subset_size"] >= 2
+    assert (config.out / "series" / "synthesizer" / "snapshots" / "step-000004" / "model_card.json").is_file()
+    assert (config.out / "series.png").stat().st_size > 0
+    assert "Fidelity vs usefulness" in (config.out / "report.md").read_text()
+    with pytest.raises(ConfigError, match="series.snapshots"):
+        load_config(write_config(tmp_path, demo_manifest, tiny_synth, series={"snapshots": []}))

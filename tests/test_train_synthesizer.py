@@ -81,3 +81,15 @@ def test_bad_settings(tmp_path, demo_manifest):
         SynthesizerConfig(resolution=48)
     with pytest.raises(ConfigError, match="unknown preset"):
         SynthesizerConfig(preset="huge")
+
+
+def test_snapshots_are_full_synthesizers(tmp_path, demo_manifest):
+    out = tmp_path / "snap"
+    train_synthesizer(tiny_settings(demo_manifest, out, max_steps=12, snapshot_steps=(4, 12)))
+    for step in (4, 12):
+        loaded = load_synthesizer(out / "snapshots" / f"step-{step:06d}")
+        assert loaded.card["steps"] == step
+    assert not (out / "snapshots" / "step-000008").exists()
+    final = json.loads((out / "model_card.json").read_text())
+    snap = json.loads((out / "snapshots" / "step-000012" / "model_card.json").read_text())
+    assert final["files"] == snap["files"]  # the last snapshot is the final model

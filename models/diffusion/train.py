@@ -53,6 +53,9 @@ class TrainSettings:
     resume: bool = False
     device: str | None = None
     progress: bool = True
+    #: Steps at which the EMA model is also written as a full synthesizer folder under
+    #: ``out/snapshots/step-NNNNNN/`` (paper 001's iteration-wise analysis of fidelity vs usefulness).
+    snapshot_steps: tuple[int, ...] = ()
 
     def check(self) -> None:
         if self.max_steps < 1:
@@ -61,6 +64,10 @@ class TrainSettings:
             raise ConfigError("--batch-size must be in [1, 1024]")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("checkpoint and log intervals must be >= 1")
+
+
+def snapshot_dir(out: Path, step: int) -> Path:
+    return Path(out) / "snapshots" / f"step-{step:06d}"
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -145,6 +152,28 @@ def train_synthesizer(s: TrainSettings) -> dict:
         tensors = {"model": unet.state_dict(), "ema": shadow}
         save_checkpoint(ckpt_root, step, tensors, optimizer, generator, {"ema": ema_state, "metadata": meta})
 
+    def export_ema(folder: Path) -> dict:
+        """Write the current EMA weights as a synthesizer folder (the final model, or a snapshot)."""
+        model = copy.deepcopy(unet).eval()
+        ema.copy_to(model.parameters())
+        card = {
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "lesion_label": s.lesion_label,
+            "manifest_sha256": manifest_sha,
+            "manifest_name": manifest.path.name,
+            "images_used": len(crops),
+            "image_rows": crops.rows,
+            "steps": step,
+            "batch_size": s.batch_size,
+            "learning_rate": s.learning_rate,
+            "seed": s.seed,
+            "resolution": s.config.resolution,
+            "device": str(device),
+            "train_seconds": round(train_seconds, 2),
+            "loss_curve": loss_curve,
+        }
+        return write_synthesizer(folder, model.cpu(), noise_scheduler, s.config, card)
+
     # 5. Optimise.
     bar = tqdm(total=s.max_steps, initial=step, desc="train synthesizer", unit="step", disable=not s.progress)
     window: list[float] = []
@@ -184,28 +213,12 @@ def train_synthesizer(s: TrainSettings) -> dict:
             )
             window, tic = [], now
         bar.update(1)
+        if step in s.snapshot_steps and not (snapshot_dir(out, step) / CARD_NAME).is_file():
+            export_ema(snapshot_dir(out, step))  # before the checkpoint: a resume never skips one
         if step % s.checkpoint_every == 0 and step < s.max_steps:
             checkpoint()
     bar.close()
     checkpoint()
 
     # 6. The EMA weights are the model we ship.
-    final = copy.deepcopy(unet).eval()
-    ema.copy_to(final.parameters())
-    card = {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "lesion_label": s.lesion_label,
-        "manifest_sha256": manifest_sha,
-        "manifest_name": manifest.path.name,
-        "images_used": len(crops),
-        "image_rows": crops.rows,
-        "steps": step,
-        "batch_size": s.batch_size,
-        "learning_rate": s.learning_rate,
-        "seed": s.seed,
-        "resolution": s.config.resolution,
-        "device": str(device),
-        "train_seconds": round(train_seconds, 2),
-        "loss_curve": loss_curve,
-    }
-    return write_synthesizer(out, final.cpu(), noise_scheduler, s.config, card)
+    return export_ema(out)

@@ -19,6 +19,10 @@ Paths in the file are relative to the file's own folder, so a config travels wit
     strategies: [none, oversample, weighted-loss, weighted-sampler, synthetic, synthetic+weighted]
     seeds: [0, 1, 2]
     workers: 2                      # parallel unit processes
+    series:                         # optional: fidelity vs usefulness over synthesizer checkpoints
+      snapshots: [500, 1000, 2000, 3000]   # a synthesizer is trained with these snapshots
+      strategy: synthetic
+      seeds: [0, 1, 2]
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class ExperimentConfig:
     synthesizer: dict = field(default_factory=dict)
     balance: dict = field(default_factory=lambda: {"count": "parity"})
     classifier: dict = field(default_factory=dict)
+    series: dict = field(default_factory=dict)
     strategies: tuple[str, ...] = STRATEGIES
     seeds: tuple[int, ...] = (0, 1, 2)
     workers: int = 1
@@ -104,6 +109,17 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     count = values.get("balance", {}).get("count", "parity")
     if count != "parity" and not (isinstance(count, int) and count > 0):
         raise ConfigError("balance.count must be 'parity' or a positive integer")
+    series = values.get("series") or {}
+    if series:
+        snaps = series.get("snapshots")
+        if not snaps or not all(isinstance(v, int) and v > 0 for v in snaps):
+            raise ConfigError("series.snapshots must be a non-empty list of positive step counts")
+        if series.get("strategy", "synthetic") not in STRATEGIES or not series.get(
+            "strategy", "synthetic"
+        ).startswith("synthetic"):
+            raise ConfigError("series.strategy must be 'synthetic' or 'synthetic+weighted'")
+        if "model" in series:
+            values["series"] = {**series, "model": str((base / series["model"]).resolve())}
     config = ExperimentConfig(**values, source=source)
     config.classifier_config  # noqa: B018  (validates arch and image_size now, not in a worker later)
     return config

@@ -23,8 +23,11 @@ def _images(rows: list[Row]):
     return [decode_image(r.image_file, role=f"row {r.number} image") for r in rows]
 
 
-def fidelity_step(config: ExperimentConfig, manifest: Path) -> dict | None:
-    """KID of synthetic lesions vs each real class + tsne.png; None when the run made no synthetic rows."""
+def fidelity_step(
+    config: ExperimentConfig, manifest: Path, tsne_name: str | None = "tsne.png"
+) -> dict | None:
+    """KID of synthetic lesions vs each real class (+ a t-SNE map named ``tsne_name`` in the output
+    folder); None when the manifest holds no synthetic rows."""
     rows = load_manifest(manifest, check_files=False).rows
     synthetic = [r for r in rows if r.fields.get("synthetic") == "1"]
     if not synthetic:
@@ -53,6 +56,6 @@ def fidelity_step(config: ExperimentConfig, manifest: Path) -> dict | None:
     scores["features"] = (
         f"penultimate layer of the 'none' classifier, seed {config.seeds[0]} ({model.config.arch})"
     )
-    title = f"t-SNE of {scores['features']}"
-    atomic_write_bytes(config.out / "tsne.png", tsne_figure(feats, title))
+    if tsne_name:
+        atomic_write_bytes(config.out / tsne_name, tsne_figure(feats, f"t-SNE of {scores['features']}"))
     return scores

@@ -27,9 +27,53 @@ _SYNTH_TRAIN_KEYS = ("max_steps", "batch_size", "learning_rate", "checkpoint_eve
 _SAMPLER_KEYS = ("steps", "strength", "eta", "resample")
 
 
+def synthesizer_settings(
+    config: ExperimentConfig, split_manifest: Path, out: Path, **overrides
+) -> TrainSettings:
+    """TrainSettings for the experiment's synthesizer settings (train lesion rows of the split only)."""
+    synth = config.synthesizer
+    values = dict(
+        manifest=split_manifest,
+        lesion_label=config.positive_label,
+        out=out,
+        config=SynthesizerConfig(**{k: synth[k] for k in _SYNTH_CONFIG_KEYS if k in synth}),
+        resume=True,
+        device=config.device,
+        **{k: synth[k] for k in _SYNTH_TRAIN_KEYS if k in synth},
+    )
+    values.update(overrides)
+    return TrainSettings(**values)
+
+
+def balance_settings(
+    config: ExperimentConfig, split_manifest: Path, model: Path, out: Path, count: int, progress: bool
+) -> BalanceSettings:
+    return BalanceSettings(
+        manifest=split_manifest,
+        model=model,
+        normal_label=config.normal_label,
+        lesion_label=config.positive_label,
+        count=count,
+        out=out,
+        seed=int(config.balance.get("seed", 0)),
+        progress=progress,
+        **{k: config.balance[k] for k in _SAMPLER_KEYS if k in config.balance},
+    )
+
+
+def synthetic_count(config: ExperimentConfig, split_manifest: Path) -> int:
+    """balance.count, or 'parity': as many synthetic positives as make train positives = train normals."""
+    split = load_manifest(split_manifest, check_files=False)
+    n_pos = len(split.rows_in("train", config.positive_label))
+    n_neg = len(split.rows_in("train", config.normal_label))
+    count = config.balance.get("count", "parity")
+    return max(n_neg - n_pos, 1) if count == "parity" else int(count)
+
+
 @dataclass(frozen=True)
 class PreparedData:
     manifest: Path  # what every unit trains and evaluates on
+    split_manifest: Path  # the real rows with their split (what synthesizers train on)
     synthesizer: Path | None
     synthetic_count: int
 
@@ -47,43 +91,14 @@ def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
             add_split(manifest, **config.split)
             manifest.save(split_path)
     if not config.needs_synthesis:
-        return PreparedData(split_path, None, 0)
+        return PreparedData(split_path, split_path, None, 0)
 
     # The synthesizer: a given folder, or out/synthesizer; trained here (train lesion rows only) unless
     # the folder already holds a finished synthesizer.
-    synth = config.synthesizer
-    model = Path(synth["model"]) if "model" in synth else out / "synthesizer"
+    model = Path(config.synthesizer.get("model", out / "synthesizer"))
     if not (model / "model_card.json").is_file():
-        train_synthesizer(
-            TrainSettings(
-                manifest=split_path,
-                lesion_label=config.positive_label,
-                out=model,
-                config=SynthesizerConfig(**{k: synth[k] for k in _SYNTH_CONFIG_KEYS if k in synth}),
-                resume=True,
-                device=config.device,
-                progress=progress,
-                **{k: synth[k] for k in _SYNTH_TRAIN_KEYS if k in synth},
-            )
-        )
-
-    split = load_manifest(split_path, check_files=False)
-    n_pos = len(split.rows_in("train", config.positive_label))
-    n_neg = len(split.rows_in("train", config.normal_label))
-    count = config.balance.get("count", "parity")
-    count = max(n_neg - n_pos, 1) if count == "parity" else int(count)
-    balanced = balance_dataset(
-        BalanceSettings(
-            manifest=split_path,
-            model=model,
-            normal_label=config.normal_label,
-            lesion_label=config.positive_label,
-            count=count,
-            out=out / "balanced",
-            seed=int(config.balance.get("seed", 0)),
-            progress=progress,
-            **{k: config.balance[k] for k in _SAMPLER_KEYS if k in config.balance},
-        )
-    )
-    log.info("balanced train split: %d real positives + %d synthetic vs %d normals", n_pos, count, n_neg)
-    return PreparedData(balanced, model, count)
+        train_synthesizer(synthesizer_settings(config, split_path, model, progress=progress))
+    count = synthetic_count(config, split_path)
+    balanced = balance_dataset(balance_settings(config, split_path, model, out / "balanced", count, progress))
+    log.info("balanced train split with %d synthetic positives", count)
+    return PreparedData(balanced, split_path, model, count)

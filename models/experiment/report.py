@@ -55,6 +55,28 @@ def markdown(results: dict, meta: dict) -> str:
             f"{s['specificity_mean']:.3f} +- {s['specificity_sd']:.3f} | {comparison} |"
         )
     table = "\n".join(rows)
+    series = results.get("series")
+    series_md = ""
+    if series:
+        lines = "\n".join(
+            f"| {step} | {v['kid_synthetic_vs_real_lesion']['mean']:.4f} +- {v['kid_synthetic_vs_real_lesion']['std']:.4f} | "
+            f"{v['kid_synthetic_vs_real_normal']['mean']:.4f} +- {v['kid_synthetic_vs_real_normal']['std']:.4f} | "
+            f"{v['auc_mean']:.3f} +- {v['auc_sd']:.3f} |"
+            for step, v in series["steps"].items()
+        )
+        series_md = f"""
+## Fidelity vs usefulness over synthesizer checkpoints (paper 001)
+
+One synthesizer trained with snapshots; for each, its synthetic lesions' KID (features as above) and the
+test AUC of `{series["strategy"]}` classifiers (seeds {series["seeds"]}). `none` (real data only):
+AUC {series["baseline_auc_mean"]:.3f}.
+
+| synthesizer step | KID vs real lesion (lower better) | KID vs real normal (higher better) | test AUC mean +- sd |
+|---|---|---|---|
+{lines}
+
+![series](series.png)
+"""
     fidelity = results.get("fidelity")
     fidelity_md = ""
     if fidelity:
@@ -83,7 +105,7 @@ sensitivity) and applied unchanged to `test`.
 {table}
 
 ![ROC](roc.png)
-{fidelity_md}
+{fidelity_md}{series_md}
 ## Settings
 {settings}
 """

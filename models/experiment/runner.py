@@ -14,6 +14,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from multiprocessing import get_context
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -23,6 +24,7 @@ from models.experiment.config import ExperimentConfig
 from models.experiment.fidelity import fidelity_step
 from models.experiment.prepare import PreparedData, prepare
 from models.experiment.report import write_report
+from models.experiment.series import run_series
 from models.experiment.units import SCORES, Unit, all_units, run_unit
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,7 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_units(
-    config: ExperimentConfig, prepared: PreparedData, units: list[Unit], progress: bool = True
-) -> None:
+def run_units(config: ExperimentConfig, manifest: Path, units: list[Unit], progress: bool = True) -> None:
     todo = [u for u in units if not u.is_done(config.out)]
     if not todo:
         return
@@ -53,7 +53,7 @@ def run_units(
     if workers == 1:
         for unit in todo:
             try:
-                run_unit(config, prepared.manifest, unit)
+                run_unit(config, manifest, unit)
             except Exception as exc:  # noqa: BLE001  (reported below with the unit's name)
                 failures.append(f"{unit.name}: {type(exc).__name__}: {exc}")
             bar.update(1)
@@ -62,7 +62,7 @@ def run_units(
         with ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
         ) as pool:
-            futures = {pool.submit(run_unit, config, prepared.manifest, u): u for u in todo}
+            futures = {pool.submit(run_unit, config, manifest, u): u for u in todo}
             for future in as_completed(futures):
                 try:
                     future.result()
@@ -88,7 +88,12 @@ def aggregate_units(config: ExperimentConfig, prepared: PreparedData | None = No
     fidelity = fidelity_step(config, prepared.manifest) if prepared else None
     if fidelity:
         results["fidelity"] = fidelity
-    meta = {
+    write_report(config.out, results, results_meta(config, prepared))
+    return results
+
+
+def results_meta(config: ExperimentConfig, prepared: PreparedData | None) -> dict:
+    return {
         "name": config.name,
         "config_file": str(config.source) if config.source else None,
         "manifest": str(prepared.manifest if prepared else config.manifest),
@@ -102,11 +107,14 @@ def aggregate_units(config: ExperimentConfig, prepared: PreparedData | None = No
         "balance": config.balance,
         "synthesizer_settings": {k: v for k, v in asdict(config)["synthesizer"].items() if k != "model"},
     }
-    write_report(config.out, results, meta)
-    return results
 
 
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     prepared = prepare(config, progress=progress)
-    run_units(config, prepared, all_units(config), progress=progress)
-    return aggregate_units(config, prepared)
+    run_units(config, prepared.manifest, all_units(config), progress=progress)
+    results = aggregate_units(config, prepared)
+    series = run_series(config, prepared, progress=progress)
+    if series:
+        results["series"] = series
+        write_report(config.out, results, results_meta(config, prepared))
+    return results

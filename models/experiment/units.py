@@ -27,13 +27,15 @@ SCORES = "test_scores.json"
 class Unit:
     strategy: str
     seed: int
+    tag: str = ""  # a sub-experiment, e.g. "series/step-001000" for one synthesizer checkpoint
 
     @property
     def name(self) -> str:
-        return f"{self.strategy}/seed-{self.seed}"
+        return f"{self.tag + '/' if self.tag else ''}{self.strategy}/seed-{self.seed}"
 
     def folder(self, out: Path) -> Path:
-        return out / "units" / self.strategy.replace("+", "-plus-") / f"seed-{self.seed}"
+        root = out / self.tag if self.tag else out
+        return root / "units" / self.strategy.replace("+", "-plus-") / f"seed-{self.seed}"
 
     def is_done(self, out: Path) -> bool:
         return (self.folder(out) / SCORES).is_file()
