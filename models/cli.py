@@ -50,7 +50,8 @@ StrengthOpt = Annotated[
 ]
 EtaOpt = Annotated[float | None, typer.Option(help="Sampler stochasticity in [0, 1] (default 1).")]
 ResampleOpt = Annotated[
-    int | None, typer.Option(help="Takes per step, RePaint-style (default 1; 2 = better, 2x time).")
+    int | None,
+    typer.Option(help="Takes per step, RePaint-style resampling (default 1; each more = 1x time)."),
 ]
 
 
@@ -119,6 +120,9 @@ def train_synthesizer_cmd(
     batch_size: int = 8,
     learning_rate: float = 2e-4,
     checkpoint_every: int = 500,
+    snapshot_steps: Annotated[
+        str | None, typer.Option(help="Comma-separated steps to also save as OUT/snapshots/step-N/ models.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
     seed: SeedOpt = 0,
     device: Annotated[
@@ -140,6 +144,7 @@ def train_synthesizer_cmd(
             batch_size=batch_size,
             learning_rate=learning_rate,
             checkpoint_every=checkpoint_every,
+            snapshot_steps=tuple(int(v) for v in snapshot_steps.split(",")) if snapshot_steps else (),
             resume=resume,
             seed=seed,
             device=device,

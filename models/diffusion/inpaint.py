@@ -7,14 +7,15 @@ For each image/mask pair:
 2. noise it to ``strength`` (paper 000: "we extracted the masked part, added noise and transformed them";
    SDEdit, Meng et al. 2022): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at t = strength * T
    (strength 1.0 starts from pure noise);
-3. denoise with a few-step DDIM (Song et al. 2021, Eq. 12, eta = 0); after every step re-impose the known
-   part, x_{t-1} <- m * x_{t-1} + (1 - m) * q(x0, t-1)  (the "known region" update of RePaint,
-   Lugmayr et al. 2022, Eq. 8, without its resampling jumps);
+3. denoise with a few-step DDIM (Song et al. 2021, Eq. 12; stochastic with eta = 1 by default); after
+   every step re-impose the known part, x_{t-1} <- m * x_{t-1} + (1 - m) * q(x0, t-1)  (the
+   "known region" update of RePaint, Lugmayr et al. 2022, Eq. 8; its resampling is an option);
 4. resize back and paste with a feathered seam (:mod:`models.diffusion.blend`): pixels outside the
    dilated mask are bit-identical to the input.
 
-Many pairs share one UNet batch. Each pair's noise comes from its own ``torch.Generator(seed)``, so its
-result does not depend on which other pairs share the batch beyond float rounding (~1e-6 in the UNet).
+Many pairs share one UNet batch. Every random draw of a pair comes from its own
+``torch.Generator(seed)``, so its result does not depend on which other pairs share the batch beyond
+float rounding (~1e-6 in the UNet).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ MAX_SEED = 2**63 - 1
 class SamplerSettings:
     """How a region is sampled. The defaults were chosen by measurement on held-out PH2 data
     (docs/benchmarks/design_choices.md): starting from pure noise (strength 1.0) with stochastic DDIM
-    steps (eta 1.0) gave the most lesion-like regions at 25 UNet calls; ``resample=2`` is better still at
-    twice the cost; ``strength < 1`` keeps more of the source region's structure (paper 000's partial
-    noising) and was measured less lesion-like.
+    steps (eta 1.0) gave the most lesion-like regions at 25 UNet calls; 50 steps was somewhat better at
+    twice the cost and ``resample=2`` no better; ``strength < 1`` keeps more of the source region's
+    structure (paper 000's partial noising) and was measured less lesion-like.
 
     Attributes:
         steps: DDIM steps over the whole schedule (the run takes ``round(steps * strength)`` of them).
