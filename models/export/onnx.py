@@ -76,7 +76,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, atol: float = 1e-4) -> d
             str(tmp),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            # The argument of ProbabilityHead.forward is named like the graph input.
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
             opset_version=OPSET,
             external_data=False,
         )
