@@ -141,7 +141,7 @@ def render(rng: np.random.Generator, size: int, lesion: bool) -> tuple[np.ndarra
         blob = col * (0.8 + 0.2 * np.minimum(s, 1.0))[..., None]
         blob = _mix(blob, (45, 30, 28), _sigmoid((_waves(rng, size, 6, 5.0) - 0.3) / 0.2))
         blob = _mix(blob, (105, 115, 135), 0.7 * _sigmoid((_waves(rng, size, 6, 4.0) - 0.6) / 0.2))
-        blob = _mix(blob, (165, 75, 70), 0.6 * _sigmoid((_waves(rng, size, 6, 4.0) - 0.7) / 0.2))
+        blob = _mix(blob, (165, 75, 70), 0.6 * _sigmoid((_waves(rng, size, 6, 4.0) - 0.9) / 0.2))
         inside = np.flatnonzero(mask)
         picks = rng.choice(inside, size=min(inside.size, int(rng.integers(size // 8, size // 3 + 1))))
         dots = _speckle(size, *np.unravel_index(picks, mask.shape), max(0.5, size / 96))
@@ -149,8 +149,9 @@ def render(rng: np.random.Generator, size: int, lesion: bool) -> tuple[np.ndarra
         blob += rng.normal(0.0, 6.0, img.shape).astype(np.float32)
         edge = 0.05
     else:
-        col = np.array([rng.uniform(150, 185), rng.uniform(100, 130), rng.uniform(70, 95)], np.float32)
-        blob = col + rng.normal(0.0, 4.0, img.shape).astype(np.float32)
+        brown = np.array([180, 122, 86], np.float32) * rng.uniform(0.78, 1.02)  # light-to-medium brown
+        brown += rng.normal(0.0, 5.0, 3).astype(np.float32)
+        blob = brown + rng.normal(0.0, 4.0, img.shape).astype(np.float32)
         edge = 0.12
     alpha = np.where(mask, np.clip((1.0 - s) / edge, 0.25, 1.0), 0.0).astype(np.float32)
     img = _mix(img, blob, alpha)
