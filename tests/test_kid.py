@@ -207,3 +207,18 @@ def test_kid_separates_flat_from_noisy_images() -> None:
     within = max(kid(flat[:64], flat[64:]).mean, kid(noisy[:64], noisy[64:]).mean)
     between = kid(flat[:64], noisy[64:]).mean
     assert between > 3.0 * max(within, 1e-4)
+
+
+def test_fidelity_scores_are_scale_free_and_order_the_classes():
+    from models.evaluation.fidelity import fidelity_scores
+
+    rng = np.random.default_rng(0)
+    lesion = rng.normal(3.0, 1.0, (60, 16))
+    normal = rng.normal(0.0, 1.0, (60, 16))
+    synthetic_like_lesion = rng.normal(3.0, 1.0, (60, 16))
+    a = fidelity_scores(synthetic_like_lesion, lesion, normal)
+    b = fidelity_scores(1000 * synthetic_like_lesion, 1000 * lesion, 1000 * normal)
+    assert a["kid_synthetic_vs_real_lesion"]["mean"] == pytest.approx(
+        b["kid_synthetic_vs_real_lesion"]["mean"], abs=1e-9
+    )
+    assert a["kid_synthetic_vs_real_lesion"]["mean"] < 0.1 * a["kid_synthetic_vs_real_normal"]["mean"]

@@ -67,6 +67,7 @@ def summarize_strategy(units: list[dict]) -> dict:
         "val_auc_mean": float(np.mean([u["val"]["auc"] for u in units])),
         "epochs_run_mean": float(np.mean([u["epochs_run"] for u in units])),
         "n_synthetic_train": int(units[0]["train"]["n_synthetic"]),
+        "loss_pos_weight": float(units[0]["train"].get("pos_weight", 1.0)),
         "roc": mean_roc(units),
     }
 

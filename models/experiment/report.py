@@ -55,6 +55,16 @@ def markdown(results: dict, meta: dict) -> str:
             f"{s['specificity_mean']:.3f} +- {s['specificity_sd']:.3f} | {comparison} |"
         )
     table = "\n".join(rows)
+    same = [
+        n
+        for n, s in results["strategies"].items()
+        if n.endswith("weighted") and n != "weighted-sampler" and s["loss_pos_weight"] == 1.0
+    ]
+    if same:
+        table += (
+            f"\n\nNote: {', '.join(same)} trained with a positive-class loss weight of 1.0: the synthetic "
+            "rows already balanced the classes, so it is the same run as its unweighted twin."
+        )
     series = results.get("series")
     series_md = ""
     if series:
