@@ -138,11 +138,13 @@ def balance_dataset(s: BalanceSettings) -> Path:
     if out.resolve() == Path(s.manifest).resolve().parent:
         raise ConfigError("--out must be a new folder, not the folder of the input manifest")
 
+    # What makes two runs the same: the data and model by content (sha256, version), not by path, so a
+    # moved folder still resumes; batch size and progress do not change any image.
     settings = {
         **{
-            k: str(v) if isinstance(v, Path) else v
+            k: v
             for k, v in asdict(s).items()
-            if k not in ("progress", "batch_size", "out")
+            if k not in ("progress", "batch_size", "out", "manifest", "model")
         },
         "manifest_sha256": manifest.sha256(),
         "model_version": inpainter.model_version,

@@ -4,9 +4,9 @@ Paths in the file are relative to the file's own folder, so a config travels wit
 
 .. code-block:: yaml
 
-    name: ph2-cpu-quick
+    name: ph2
     manifest: ../../shared/data/ph2/manifest_128.csv
-    out: ../runs/experiments/ph2-cpu-quick
+    out: ../runs/experiments/ph2
     positive_label: lesion          # the scarce high-grade class
     normal_label: non_melanoma      # the class synthetic lesions are painted into
     split: {test_fraction: 0.25, val_fraction: 0.1, seed: 0}   # used when the manifest has no split

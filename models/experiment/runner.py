@@ -77,7 +77,13 @@ def run_units(config: ExperimentConfig, manifest: Path, units: list[Unit], progr
         )
 
 
-def aggregate_units(config: ExperimentConfig, prepared: PreparedData | None = None) -> dict:
+def aggregate_units(
+    config: ExperimentConfig,
+    prepared: PreparedData | None = None,
+    run_missing: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Aggregate finished units (and the checkpoint series, running its missing parts if asked)."""
     units = all_units(config)
     missing = [u.name for u in units if not u.is_done(config.out)]
     if missing:
@@ -88,16 +94,26 @@ def aggregate_units(config: ExperimentConfig, prepared: PreparedData | None = No
     fidelity = fidelity_step(config, prepared.manifest) if prepared else None
     if fidelity:
         results["fidelity"] = fidelity
+    series = run_series(config, prepared, progress=progress, run_missing=run_missing) if prepared else None
+    if series:
+        results["series"] = series
     write_report(config.out, results, results_meta(config, prepared))
     return results
 
 
 def results_meta(config: ExperimentConfig, prepared: PreparedData | None) -> dict:
+    def shown(path) -> str | None:
+        """Paths as the config file writes them (relative to its folder), so reports hold no home dirs."""
+        if path is None:
+            return None
+        base = config.source.parent if config.source else Path.cwd()
+        return os.path.relpath(Path(path).resolve(), base.resolve())
+
     return {
         "name": config.name,
-        "config_file": str(config.source) if config.source else None,
-        "manifest": str(prepared.manifest if prepared else config.manifest),
-        "synthesizer": str(prepared.synthesizer) if prepared and prepared.synthesizer else None,
+        "config_file": config.source.name if config.source else None,
+        "manifest": shown(prepared.manifest if prepared else config.manifest),
+        "synthesizer": shown(prepared.synthesizer) if prepared and prepared.synthesizer else None,
         "synthetic_images": prepared.synthetic_count if prepared else None,
         "classifier": config.classifier,
         "strategies": list(config.strategies),
@@ -112,9 +128,4 @@ def results_meta(config: ExperimentConfig, prepared: PreparedData | None) -> dic
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     prepared = prepare(config, progress=progress)
     run_units(config, prepared.manifest, all_units(config), progress=progress)
-    results = aggregate_units(config, prepared)
-    series = run_series(config, prepared, progress=progress)
-    if series:
-        results["series"] = series
-        write_report(config.out, results, results_meta(config, prepared))
-    return results
+    return aggregate_units(config, prepared, run_missing=True, progress=progress)

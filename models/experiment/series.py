@@ -21,6 +21,7 @@ from pathlib import Path
 from models.artifacts import atomic_write_bytes
 from models.balance import balance_dataset
 from models.diffusion.train import snapshot_dir, train_synthesizer
+from models.errors import LesionsynthError
 from models.experiment.aggregate import summarize_strategy
 from models.experiment.config import ExperimentConfig
 from models.experiment.fidelity import fidelity_step
@@ -73,7 +74,10 @@ def series_figure(series: dict, baseline_auc: float) -> bytes:
     return buf.getvalue()
 
 
-def run_series(config: ExperimentConfig, prepared: PreparedData, progress: bool = True) -> dict | None:
+def run_series(
+    config: ExperimentConfig, prepared: PreparedData, progress: bool = True, run_missing: bool = True
+) -> dict | None:
+    """The series results; with ``run_missing=False`` nothing is trained (unfinished parts raise)."""
     from models.experiment.runner import run_units  # the runner imports this module
 
     if not config.series:
@@ -82,6 +86,13 @@ def run_series(config: ExperimentConfig, prepared: PreparedData, progress: bool 
     strategy = config.series.get("strategy", "synthetic")
     seeds = tuple(config.series.get("seeds", config.seeds))
     model = Path(config.series.get("model", config.out / "series" / "synthesizer"))
+    units_done = all(
+        Unit(strategy, seed, f"series/step-{s:06d}").is_done(config.out) for s in steps for seed in seeds
+    )
+    if not run_missing and not units_done:
+        raise LesionsynthError(
+            "cannot aggregate: the checkpoint series is not finished (run without --aggregate-only)"
+        )
     if not all((snapshot_dir(model, s) / "model_card.json").is_file() for s in steps):
         train_synthesizer(
             synthesizer_settings(
@@ -94,7 +105,7 @@ def run_series(config: ExperimentConfig, prepared: PreparedData, progress: bool 
             )
         )
     count = synthetic_count(config, prepared.split_manifest)
-    out: dict = {"strategy": strategy, "seeds": list(seeds), "synthesizer": str(model), "steps": {}}
+    out: dict = {"strategy": strategy, "seeds": list(seeds), "synthesizer": model.name, "steps": {}}
     for step in steps:
         tag = f"series/step-{step:06d}"
         manifest = balance_dataset(
