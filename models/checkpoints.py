@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.artifacts import atomic_write_json
+from models.errors import ConfigError
 
 _NAME = re.compile(r"^step-(\d{6,})$")
 
@@ -105,3 +106,12 @@ def load_checkpoint(
     )
     generator.set_state(load_file(path / "rng.safetensors")["state"])
     return tensors, state
+
+
+def require_resume_for_existing_run(out: Path, finished_marker: str, resume: bool) -> None:
+    """A training recipe never silently overwrites a folder that holds a run (checkpoints or a finished
+    model): the user must say ``--resume`` or pick a new folder."""
+    if not resume and (latest_checkpoint(out / "checkpoints") or (out / finished_marker).exists()):
+        raise ConfigError(
+            f"{out} already holds a training run; pass --resume to continue it or choose a new --out"
+        )

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -27,12 +26,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint,
+    require_resume_for_existing_run,
+    save_checkpoint,
+)
 from models.classifier.balancing import Strategy
 from models.classifier.config import ClassifierConfig, build_classifier
 from models.classifier.data import ImageTable
 from models.classifier.folder import CARD_NAME, read_card, write_classifier
 from models.data.manifest import load_manifest
+from models.devices import autocast_for, backward_step, pick_device
 from models.errors import ConfigError
 from models.evaluation.roc import roc_auc, sensitivity_specificity, threshold_for_sensitivity
 
@@ -77,18 +82,11 @@ def predict_logits(
     return torch.cat(out)
 
 
-def _device(requested: str | None) -> torch.device:
-    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def train_classifier(s: ClassifierTrainSettings) -> dict:
     """Run the recipe; return the model card."""
     s.check()
     out, ckpt_root = Path(s.out), Path(s.out) / "checkpoints"
-    if not s.resume and (latest_checkpoint(ckpt_root) or (out / CARD_NAME).exists()):
-        raise ConfigError(
-            f"{out} already holds a training run; pass --resume to continue it or choose a new --out"
-        )
+    require_resume_for_existing_run(out, CARD_NAME, s.resume)
     if s.resume and (out / CARD_NAME).exists():
         return read_card(out)
     strategy = Strategy(s.balance)
@@ -117,13 +115,13 @@ def train_classifier(s: ClassifierTrainSettings) -> dict:
         raise ConfigError("the 'val' split needs both classes to choose a threshold and to stop early")
 
     # 3. Model and optimiser.
-    device = _device(s.device)
+    device = pick_device(s.device)
     torch.manual_seed(s.seed)
     net = build_classifier(s.config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     generator = torch.Generator().manual_seed(s.seed)
     pos_weight = torch.tensor(strategy.pos_weight(pool.labels), device=device)
-    use_amp = device.type == "cuda"
+    autocast, scaler = autocast_for(device)
     run = {
         "config": json.loads(json.dumps(s.config.to_dict())),  # as it reads back from state.json
         "manifest_sha256": manifest.sha256(),
@@ -165,12 +163,10 @@ def train_classifier(s: ClassifierTrainSettings) -> dict:
             idx = order[i : i + s.batch_size]
             x, y = pool.batch(idx, s.config, generator)
             x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+            with autocast():
                 logits = net(x).float().flatten()
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            backward_step(loss, net, optimizer, scaler)
             losses.append(loss.item())
         val_logits = predict_logits(net, val, s.config, device)
         val_auc = roc_auc(val.labels.numpy(), val_logits.numpy())

@@ -13,7 +13,6 @@ Read top to bottom, :func:`train_synthesizer` is the recipe:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
@@ -26,8 +25,14 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from models.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint,
+    require_resume_for_existing_run,
+    save_checkpoint,
+)
 from models.data.manifest import load_manifest
+from models.devices import autocast_for, backward_step, pick_device
 from models.diffusion.config import SynthesizerConfig, build_train_scheduler, build_unet
 from models.diffusion.crops import LesionCrops
 from models.diffusion.folder import CARD_NAME, read_card, write_synthesizer
@@ -70,29 +75,11 @@ def snapshot_dir(out: Path, step: int) -> Path:
     return Path(out) / "snapshots" / f"step-{step:06d}"
 
 
-def pick_device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (fp16 where bf16 is missing, with a GradScaler); nothing on CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
-
-
 def train_synthesizer(s: TrainSettings) -> dict:
     """Run the recipe; return the model card of the finished synthesizer."""
     s.check()
     out, ckpt_root = Path(s.out), Path(s.out) / "checkpoints"
-    if not s.resume and (latest_checkpoint(ckpt_root) or (out / CARD_NAME).exists()):
-        raise ConfigError(
-            f"{out} already holds a training run; pass --resume to continue it or choose a new --out"
-        )
+    require_resume_for_existing_run(out, CARD_NAME, s.resume)
 
     # 1. Data: the train rows of the lesion class only.
     manifest = load_manifest(s.manifest, progress=s.progress)
@@ -190,17 +177,7 @@ def train_synthesizer(s: TrainSettings) -> dict:
         with autocast():
             pred = unet(model_in, t).sample
         loss = F.mse_loss(pred.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
+        backward_step(loss, unet, optimizer, scaler, clip=1.0)
         ema.step(unet.parameters())
         step += 1
         window.append(loss.item())
