@@ -102,8 +102,7 @@ def balanced_manifest_text(
         fields = dict(row.fields)
         fields["image_path"] = _relative(row.image_file, out)
         fields["mask_path"] = _relative(row.mask_file, out)
-        fields.setdefault("synthetic", "0")
-        fields["synthetic"] = fields["synthetic"] or "0"
+        fields["synthetic"] = fields.get("synthetic") or "0"
         rows.append(Row(row.number, fields, out))
     for p in planned:
         # Extra columns of the source (e.g. a diagnosis of "nevus") would be wrong for a synthetic lesion,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.classifier.config import ClassifierConfig, normalize
+from models.data.augment import colour_jitter
 from models.data.images import decode_image
 from models.data.manifest import Row
 
@@ -98,10 +99,4 @@ def augment(x: torch.Tensor, generator: torch.Generator, jitter: float = 0.1) ->
         if flips[i]:
             img = img.flip(-1)
         out[i] = torch.rot90(img, int(rots[i]), (-2, -1))
-    factors = 1 + (torch.rand(3, b, 1, 1, 1, generator=generator) * 2 - 1) * jitter
-    out = out * factors[0]
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * factors[1] + mean
-    gray = out.mean(dim=1, keepdim=True)
-    out = (out - gray) * factors[2] + gray
-    return out.clamp(0, 1)
+    return colour_jitter(out, generator, jitter)

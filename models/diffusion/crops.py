@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
+from models.data.augment import colour_jitter
 from models.data.manifest import Row
 from models.data.regions import lesion_crop
 
@@ -77,11 +78,4 @@ def augment_batch(
         k = int(rots[i])
         if k:
             x[i], m[i] = torch.rot90(x[i], k, dims), torch.rot90(m[i], k, dims)
-    scale = 1 + (torch.rand(3, b, 1, 1, 1, generator=generator) * 2 - 1) * jitter
-    img = (x + 1) / 2
-    img = img * scale[0]  # brightness
-    mean = img.mean(dim=(1, 2, 3), keepdim=True)
-    img = (img - mean) * scale[1] + mean  # contrast
-    gray = img.mean(dim=1, keepdim=True)
-    img = (img - gray) * scale[2] + gray  # saturation
-    return (img.clamp(0, 1) * 2 - 1), m
+    return colour_jitter((x + 1) / 2, generator, jitter) * 2 - 1, m
