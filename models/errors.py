@@ -41,3 +41,7 @@ class ConfigError(LesionsynthError):
 
 class ParameterError(LesionsynthError):
     """A request parameter out of range (steps, strength, seed, count, ...)."""
+
+
+class BackendUnavailable(LesionsynthError):
+    """An inference backend (e.g. a Triton server) cannot be reached or is not ready; retry later."""
