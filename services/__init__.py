@@ -1,0 +1,1 @@
+"""lesionsynth services: thin BentoML + gRPC adapters over models/ (no ML logic here)."""
