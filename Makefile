@@ -22,6 +22,22 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The Triton test server (tests/triton/serve_onnx.py) needs numpy<2: its own venv, pinned in
+# tests/triton/requirements.txt; the stamp is named after that file's hash, like $(STAMP).
+TRITON_VENV := .venv-triton
+TRITON_REQS := tests/triton/requirements.txt
+TRITON_STAMP = $(TRITON_VENV)/.installed-$(shell cat $(TRITON_REQS) | sha256sum | cut -c1-16)
+
+.PHONY: triton-env
+triton-env: $(TRITON_STAMP)
+
+$(TRITON_STAMP): $(TRITON_REQS)
+	test -x $(TRITON_VENV)/bin/python || python3.11 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(TRITON_VENV)/bin/python -m pip install -q -r $(TRITON_REQS)
+	rm -f $(TRITON_VENV)/.installed-*
+	touch $@
+
 # Two pytest workers, one torch thread each: the machine has 2 cores and many tests are small.
 test: setup
 	$(VENV)/bin/ruff check models services tests loadtests

@@ -11,8 +11,6 @@ import json
 import platform
 from pathlib import Path
 
-import torch
-
 from models import __version__
 from models.artifacts import atomic_write_json, sha256_file
 from models.errors import ModelFolderError
@@ -21,7 +19,9 @@ CARD_NAME = "model_card.json"
 
 
 def versions() -> dict[str, str]:
+    # Imported here: the classifier service reads cards without torch installed.
     import diffusers
+    import torch
 
     return {
         "lesionsynth": __version__,

@@ -90,3 +90,41 @@ def ph2_manifest() -> Path:
 
 def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, demo_manifest) -> Path:
+    """A ResNet-18 at 32 px trained for one epoch on the demo data (a real folder with a threshold)."""
+    from models.classifier.config import ClassifierConfig
+    from models.classifier.train import ClassifierTrainSettings, train_classifier
+
+    out = tmp_path_factory.mktemp("clf") / "model"
+    train_classifier(
+        ClassifierTrainSettings(
+            manifest=demo_manifest,
+            positive_label="lesion",
+            out=out,
+            config=ClassifierConfig("resnet18", 32),
+            epochs=1,
+            batch_size=16,
+            progress=False,
+            device="cpu",
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def serving_classifier(tmp_path_factory, tiny_classifier) -> Path:
+    """The classifier's serving folder: model.onnx + card + a Triton repository (CPU instances)."""
+    from models.export.serving import export_serving_folder
+
+    out = tmp_path_factory.mktemp("serving") / "classifier"
+    export_serving_folder(tiny_classifier, out, instance_kind="cpu")
+    return out
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    from models.data.images import encode_png
+
+    return encode_png(array)

@@ -16,8 +16,6 @@ import os
 import shutil
 from pathlib import Path
 
-from models.export.onnx import export_onnx
-from models.export.triton import DEFAULT_NAME, config_pbtxt
 from models.model_card import CARD_NAME, write_card
 from models.model_card import read_card as read_model_card
 
@@ -25,16 +23,22 @@ KIND = "lesionsynth.classifier.onnx"
 FORMAT_VERSION = 1
 GRAPH = "model.onnx"
 GRAPH_CARD = "model.onnx.json"
+#: Same as models.export.triton.DEFAULT_NAME; not imported from there, which loads torch (the classifier
+#: service reads serving folders without torch).
+TRITON_NAME = "lesion_classifier"
 
 
 def export_serving_folder(
     model_dir: str | Path,
     out: str | Path,
-    triton_name: str = DEFAULT_NAME,
+    triton_name: str = TRITON_NAME,
     instance_kind: str = "gpu",
     max_batch_size: int = 32,
 ) -> dict:
     """Export ``model_dir`` (a classifier folder) into ``out``; return the folder's model card."""
+    from models.export.onnx import export_onnx
+    from models.export.triton import config_pbtxt
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD_NAME).unlink(missing_ok=True)

@@ -1,0 +1,122 @@
+"""Screening with an exported classifier, without torch: preprocessing, a backend, the decision.
+
+This is what the classifier service runs (its image carries numpy, Pillow and onnxruntime or tritonclient,
+not torch). Preprocessing follows the model card (``preprocessing`` in model.onnx.json): RGB, resized to
+S x S with Pillow's antialiased bilinear filter (torch's ``antialias=True`` resize used in training was
+made to match it; they differ by at most about one grey level), scaled to [0, 1], normalised by the
+card's mean and std, NCHW float32. The backend returns P(positive) per image; the decision is
+``probability >= threshold`` at the threshold validated at training time.
+
+Backends share one small interface (``infer``, ``ready``, ``close``):
+``OnnxRuntimeBackend`` (embedded; the default) and ``models.classifier.triton_backend.TritonBackend``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from models.errors import ModelFolderError
+from models.export.serving import GRAPH, GRAPH_CARD, read_card
+from models.model_card import verify_files
+
+
+class InferenceBackend(Protocol):
+    name: str
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 -> (N,) float32 P(positive)."""
+
+    def ready(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def preprocess(
+    images: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """RGB uint8 (H, W, 3) images of any size -> (N, 3, size, size) float32 network input."""
+    out = np.empty((len(images), 3, size, size), np.float32)
+    m = np.asarray(mean, np.float32)[:, None, None]
+    s = np.asarray(std, np.float32)[:, None, None]
+    for i, image in enumerate(images):
+        resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
+        out[i] = (np.asarray(resized, np.float32).transpose(2, 0, 1) / 255.0 - m) / s
+    return out
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime in this process: CUDA when onnxruntime-gpu sees a GPU, else the CPU."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0].reshape(-1)
+
+    def ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Screening:
+    """One image's result."""
+
+    probability: float
+    positive: bool
+
+
+class ScreeningModel:
+    """A serving folder (models/export/serving.py) + a backend: images -> probabilities and decisions."""
+
+    def __init__(self, folder: str | Path, backend: InferenceBackend, verify: bool = True):
+        folder = Path(folder)
+        self.folder = folder
+        self.card = read_card(folder)
+        if verify:
+            verify_files(folder, self.card)
+        graph_card = json.loads((folder / GRAPH_CARD).read_text())
+        pre = graph_card["preprocessing"]
+        if pre.get("layout") != "NCHW" or pre.get("dtype") != "float32":
+            raise ModelFolderError(
+                f"{folder}: unsupported preprocessing {pre.get('layout')}/{pre.get('dtype')}"
+            )
+        self.size = int(pre["size"][0])
+        self.mean, self.std = pre["mean"], pre["std"]
+        self.threshold = float(self.card["threshold"])
+        self.positive_label = str(self.card["positive_label"])
+        self.model_version = str(self.card["model_version"])
+        self.backend = backend
+
+    @property
+    def graph_path(self) -> Path:
+        return self.folder / GRAPH
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N,) float32 P(positive) for RGB uint8 images."""
+        if not images:
+            return np.zeros(0, np.float32)
+        return self.backend.infer(preprocess(images, self.size, self.mean, self.std))
+
+    def screen(self, images: Sequence[np.ndarray]) -> list[Screening]:
+        return [Screening(float(p), bool(p >= self.threshold)) for p in self.probabilities(images)]

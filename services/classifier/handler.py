@@ -1,0 +1,125 @@
+"""What the REST and gRPC adapters of the classifier service share: decode, score, decide, count.
+
+The ML is ``models.classifier.screening.ScreeningModel`` over a backend: embedded ONNX Runtime by
+default, Triton when TRITON_URL is set. With Triton down, calls fail with BackendUnavailable (503 /
+UNAVAILABLE) unless LESIONSYNTH_FALLBACK_TO_ONNXRUNTIME is on; the next call tries Triton again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.classifier.screening import OnnxRuntimeBackend, ScreeningModel
+from models.data.images import decode_image
+from models.errors import BackendUnavailable, ParameterError
+from services.classifier import metrics
+from services.classifier.settings import ClassifierSettings
+from services.common.metrics import set_model
+from services.common.model_slot import ModelSlot
+
+log = logging.getLogger("lesionsynth.services.classifier")
+
+
+@dataclass
+class ClassifierResult:
+    probability: float
+    positive: bool
+    threshold: float
+    model_version: str
+    positive_label: str
+
+
+def parse_image(data: bytes, max_pixels: int, role: str = "image") -> np.ndarray:
+    if not data:
+        raise ParameterError(f"{role} is missing (empty)")
+    return decode_image(data, max_pixels=max_pixels, role=role)
+
+
+class ClassifierHandler:
+    def __init__(self, settings: ClassifierSettings):
+        self.settings = settings
+        self._fallback: OnnxRuntimeBackend | None = None
+        self.slot = ModelSlot(
+            "classifier-onnx",
+            settings.model,
+            settings.model_store,
+            load=self._load,
+            version_of=lambda model: model.model_version,
+            on_swap=lambda model: set_model("classifier", model.model_version),
+        )
+        self.slot.watch(settings.reload_interval_s)
+
+    def _load(self, folder: Path) -> ScreeningModel:
+        s = self.settings
+        if s.triton_url:
+            from models.classifier.triton_backend import TritonBackend
+            from models.export.serving import read_card
+
+            name = s.triton_model or read_card(folder).get("triton_model_name", "lesion_classifier")
+            backend = TritonBackend(s.triton_url, name, timeout_s=s.triton_timeout_s)
+        else:
+            backend = OnnxRuntimeBackend(folder / "model.onnx", threads=s.ort_threads)
+        return ScreeningModel(folder, backend)
+
+    @property
+    def model(self) -> ScreeningModel:
+        return self.slot.model
+
+    @property
+    def backend_name(self) -> str:
+        return self.model.backend.name
+
+    def info(self) -> dict:
+        model, common = self.model, self.settings.common
+        return {
+            "model_version": model.model_version,
+            "positive_label": model.positive_label,
+            "threshold": model.threshold,
+            "threshold_rule": str(model.card.get("threshold_rule", "")),
+            "image_size": model.size,
+            "backend": model.backend.name,
+            "max_pixels": common.max_pixels,
+            "max_request_bytes": common.max_request_bytes,
+            "max_batch_items": common.max_batch_items,
+        }
+
+    def ready(self) -> bool:
+        return self.model.backend.ready() or self.settings.fallback_to_onnxruntime
+
+    def classify(self, images: list[np.ndarray], transport: str) -> list[ClassifierResult]:
+        model = self.model
+        started = time.perf_counter()
+        try:
+            probabilities = model.probabilities(images)
+            backend = model.backend.name
+        except BackendUnavailable:
+            metrics.BACKEND_ERRORS.labels(backend=model.backend.name).inc()
+            if not self.settings.fallback_to_onnxruntime:
+                raise
+            log.warning("Triton unavailable; answering from embedded ONNX Runtime (fallback on)")
+            if self._fallback is None:
+                self._fallback = OnnxRuntimeBackend(model.graph_path, threads=self.settings.ort_threads)
+            probabilities = ScreeningModel(model.folder, self._fallback, verify=False).probabilities(images)
+            backend = self._fallback.name
+        metrics.INFERENCE_SECONDS.labels(backend=backend).observe(time.perf_counter() - started)
+        metrics.IMAGES.labels(transport=transport).inc(len(images))
+        results = []
+        for p in probabilities:
+            positive = bool(p >= model.threshold)
+            metrics.PROBABILITY.observe(float(p))
+            metrics.DECISIONS.labels(decision="positive" if positive else "negative").inc()
+            results.append(
+                ClassifierResult(
+                    float(p), positive, model.threshold, model.model_version, model.positive_label
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        self.slot.close()
+        self.model.backend.close()

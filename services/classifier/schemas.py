@@ -1,0 +1,55 @@
+"""REST payloads of the classifier batch API (JSON; images as base64).
+
+Images are decoded in the item validator, per HTTP request and before adaptive batching merges requests,
+so one client's bad image is that client's 400 and never fails another client's batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
+
+from models.data.images import max_pixels_from_env
+from models.errors import LesionsynthError
+from services.classifier.handler import parse_image
+from services.common.metrics import REJECTED
+from services.synthesis.schemas import b64
+
+
+class ClassifyItem(BaseModel):
+    image: str = Field(description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64.")
+    _pixels: np.ndarray | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def decode(self) -> ClassifyItem:
+        try:
+            self._pixels = parse_image(b64("image", self.image), max_pixels_from_env())
+        except (LesionsynthError, ValueError) as exc:
+            REJECTED.labels(service="classifier", transport="rest").inc()
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def pixels(self) -> np.ndarray:
+        assert self._pixels is not None
+        return self._pixels
+
+
+class Classification(BaseModel):
+    probability: float = Field(description="P(positive class), in [0, 1].")
+    positive: bool = Field(description="probability >= threshold.")
+    threshold: float
+    model_version: str
+    positive_label: str
+
+
+class ClassifierInfo(BaseModel):
+    model_version: str
+    positive_label: str
+    threshold: float
+    threshold_rule: str
+    image_size: int
+    backend: str
+    max_pixels: int
+    max_request_bytes: int
+    max_batch_items: int

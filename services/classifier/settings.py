@@ -1,0 +1,45 @@
+"""Classifier service settings (environment variables; table in README.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from services.common.settings import CommonSettings, env_bool, env_float, env_int, env_str
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    common: CommonSettings
+    #: A serving folder path (lesionsynth export-serving), a store version of kind classifier-onnx, or "latest".
+    model: str
+    model_store: str
+    #: Set: score on this Triton server (gRPC host:port) instead of embedded ONNX Runtime.
+    triton_url: str | None
+    #: Model name on Triton; unset: the name in the serving folder's card.
+    triton_model: str | None
+    triton_timeout_s: float
+    #: With Triton down: answer from embedded ONNX Runtime (True) or 503 / UNAVAILABLE (False, the default).
+    fallback_to_onnxruntime: bool
+    #: ONNX Runtime intra-op threads; 0 = its default (all cores).
+    ort_threads: int
+    max_batch_size: int
+    max_latency_ms: int
+    reload_interval_s: float
+
+    @classmethod
+    def from_env(cls) -> ClassifierSettings:
+        return cls(
+            common=CommonSettings.from_env(default_grpc_port=50052),
+            model=env_str("CLASSIFIER", "latest"),
+            model_store=env_str("MODEL_STORE", "runs/model-store"),
+            # TRITON_URL without the prefix too: it is what Triton users set.
+            triton_url=env_str("TRITON_URL") or os.environ.get("TRITON_URL") or None,
+            triton_model=env_str("TRITON_MODEL"),
+            triton_timeout_s=env_float("TRITON_TIMEOUT_S", 10.0, minimum=0.1),
+            fallback_to_onnxruntime=env_bool("FALLBACK_TO_ONNXRUNTIME", False),
+            ort_threads=env_int("ORT_THREADS", 0),
+            max_batch_size=env_int("CLASSIFIER_MAX_BATCH_SIZE", 64, minimum=2),
+            max_latency_ms=env_int("CLASSIFIER_MAX_LATENCY_MS", 10_000, minimum=10),
+            reload_interval_s=env_float("RELOAD_INTERVAL_S", 0.0),
+        )

@@ -1,0 +1,1 @@
+"""What every service shares: settings from the environment, auth, limits, logging, the gRPC server."""

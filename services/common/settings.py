@@ -1,0 +1,86 @@
+"""Settings from environment variables: one frozen dataclass per service, built by ``from_env()``.
+
+Every variable is documented in the README table with its default. A malformed value stops the service
+at start with a message naming the variable, never later in a request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from models.data.images import DEFAULT_MAX_PIXELS
+from models.errors import ConfigError
+
+PREFIX = "LESIONSYNTH_"
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(PREFIX + name)
+    return default if value is None or value == "" else value
+
+
+def env_int(name: str, default: int, minimum: int | None = 0, maximum: int | None = None) -> int:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be an integer, got {raw!r}") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{PREFIX}{name} must be in [{minimum}, {maximum}], got {value}")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{PREFIX}{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every service reads. ``rest_port`` is informational (``bentoml serve --port`` binds it)."""
+
+    host: str
+    grpc_port: int
+    #: Bearer token required on REST and gRPC (health exempt); None = auth off (the localhost default).
+    api_token: str | None
+    max_request_bytes: int
+    max_pixels: int
+    max_batch_items: int
+    grpc_workers: int
+
+    @classmethod
+    def from_env(cls, default_grpc_port: int) -> CommonSettings:
+        token = env_str("API_TOKEN")
+        if token is not None and len(token) < 16:
+            raise ConfigError(f"{PREFIX}API_TOKEN must be at least 16 characters (got {len(token)})")
+        return cls(
+            host=env_str("HOST", "127.0.0.1"),
+            grpc_port=env_int("GRPC_PORT", default_grpc_port, minimum=0, maximum=65535),
+            api_token=token,
+            max_request_bytes=env_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024),
+            max_pixels=env_int("MAX_PIXELS", DEFAULT_MAX_PIXELS, minimum=1),
+            max_batch_items=env_int("MAX_BATCH_ITEMS", 32, minimum=1),
+            grpc_workers=env_int("GRPC_WORKERS", 8, minimum=1),
+        )

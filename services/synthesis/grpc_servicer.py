@@ -1,0 +1,73 @@
+"""gRPC adapter: lesionsynth.v1.Synthesis over the shared SynthesisHandler."""
+
+from __future__ import annotations
+
+from models.errors import LesionsynthError, ParameterError
+from services.common.errors import grpc_errors
+from services.common.metrics import REJECTED
+from services.grpc_stubs import synthesis_pb2, synthesis_pb2_grpc
+from services.synthesis.handler import SynthesisHandler, SynthesisResult, parse_task
+
+SERVICE_NAME = synthesis_pb2.DESCRIPTOR.services_by_name["Synthesis"].full_name
+
+
+def _task(request: synthesis_pb2.SynthesizeRequest, max_pixels: int, role: str = ""):
+    return parse_task(
+        request.image,
+        request.mask,
+        request.seed if request.HasField("seed") else None,
+        request.steps if request.HasField("steps") else None,
+        request.strength if request.HasField("strength") else None,
+        max_pixels,
+        role,
+    )
+
+
+def _response(result: SynthesisResult) -> synthesis_pb2.SynthesizeResponse:
+    return synthesis_pb2.SynthesizeResponse(
+        image_png=result.png,
+        model_version=result.model_version,
+        seed=result.seed,
+        steps=result.steps,
+        strength=result.strength,
+    )
+
+
+class SynthesisServicer(synthesis_pb2_grpc.SynthesisServicer):
+    def __init__(self, handler: SynthesisHandler):
+        self.handler = handler
+        self.max_pixels = handler.settings.common.max_pixels
+        self.max_items = handler.settings.common.max_batch_items
+
+    @grpc_errors
+    def Synthesize(self, request, context):
+        try:
+            task = _task(request, self.max_pixels)
+        except LesionsynthError:
+            REJECTED.labels(service="synthesis", transport="grpc").inc()
+            raise
+        return _response(self.handler.run([task], "grpc")[0])
+
+    @grpc_errors
+    def SynthesizeBatch(self, request, context):
+        try:
+            if not request.items:
+                raise ParameterError("items is empty: send at least one image + mask")
+            if len(request.items) > self.max_items:
+                raise ParameterError(
+                    f"items has {len(request.items)} pairs; at most {self.max_items} per call"
+                )
+            tasks = [_task(item, self.max_pixels, f"items[{i}]") for i, item in enumerate(request.items)]
+        except LesionsynthError:
+            REJECTED.labels(service="synthesis", transport="grpc").inc()
+            raise
+        results = self.handler.run(tasks, "grpc")
+        return synthesis_pb2.SynthesizeBatchResponse(items=[_response(r) for r in results])
+
+    @grpc_errors
+    def GetInfo(self, request, context):
+        return synthesis_pb2.SynthesisInfo(**self.handler.info())
+
+
+def registration(handler: SynthesisHandler):
+    return (synthesis_pb2_grpc.add_SynthesisServicer_to_server, SynthesisServicer(handler), SERVICE_NAME)

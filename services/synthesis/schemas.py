@@ -1,0 +1,74 @@
+"""REST payloads of the synthesis batch API (JSON; images as base64).
+
+Each item is decoded and checked by its validator, i.e. per HTTP request and BEFORE adaptive batching
+merges requests: one client's bad image is that client's 400 and never fails another client's batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
+
+from models.data.images import max_pixels_from_env
+from models.diffusion.inpaint import MAX_SEED, MAX_STEPS
+from models.errors import LesionsynthError
+from services.common.metrics import REJECTED
+from services.synthesis.handler import SynthesisTask, parse_task
+
+
+def b64(field: str, value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{field} is not valid base64") from None
+
+
+class SynthesisItem(BaseModel):
+    image: str = Field(description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64.")
+    mask: str = Field(description="Mask of the same size, base64; pixels > 127 are inside.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Unset: drawn by the server and returned.")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="DDIM steps; unset: the default.")
+    strength: float | None = Field(None, gt=0.0, le=1.0, description="Start noise level; unset: the default.")
+    _task: SynthesisTask | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def decode(self) -> SynthesisItem:
+        try:
+            self._task = parse_task(
+                b64("image", self.image),
+                b64("mask", self.mask),
+                self.seed,
+                self.steps,
+                self.strength,
+                max_pixels_from_env(),
+            )
+        except (LesionsynthError, ValueError) as exc:
+            REJECTED.labels(service="synthesis", transport="rest").inc()
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def task(self) -> SynthesisTask:
+        assert self._task is not None
+        return self._task
+
+
+class SynthesisItemResult(BaseModel):
+    image: str = Field(description="The synthesized image, PNG, base64.")
+    seed: int
+    steps: int
+    strength: float
+    model_version: str
+
+
+class SynthesisInfo(BaseModel):
+    model_version: str
+    resolution: int
+    default_steps: int
+    default_strength: float
+    max_steps: int
+    max_pixels: int
+    max_request_bytes: int
+    max_batch_items: int

@@ -1,0 +1,242 @@
+"""The synthesis service as users run it: `bentoml serve` in a subprocess, REST and gRPC on real ports.
+
+Results equal the in-process LesionInpainter for the same seed (within one grey level: thread counts
+differ between processes, see docs/DESIGN.md), bad inputs get clear 4xx / INVALID_ARGUMENT errors and the
+service keeps answering, and health, reflection and metrics are served.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from conftest import png_bytes
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from service_process import ServiceProcess
+
+from models.data.images import decode_image
+from services.grpc_stubs import synthesis_pb2, synthesis_pb2_grpc
+
+pytestmark = pytest.mark.timeout(600)
+STEPS = 4
+MAX_PIXELS = 1_000_000
+MAX_BYTES = 2 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_synth):
+    work = tmp_path_factory.mktemp("synthesis-service")
+    env = {
+        "LESIONSYNTH_SYNTHESIZER": str(tiny_synth),
+        "LESIONSYNTH_MODEL_STORE": str(work / "store"),
+        "LESIONSYNTH_MAX_PIXELS": str(MAX_PIXELS),
+        "LESIONSYNTH_MAX_REQUEST_BYTES": str(MAX_BYTES),
+        "LESIONSYNTH_SYNTHESIS_MAX_LATENCY_MS": "20000",
+    }
+    with ServiceProcess("services.synthesis.service:SynthesisService", work, env) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def http(service):
+    with httpx.Client(base_url=service.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def stub(service):
+    channel = grpc.insecure_channel(service.grpc_target)
+    yield synthesis_pb2_grpc.SynthesisStub(channel)
+    channel.close()
+
+
+@pytest.fixture()
+def pair(normal_pair):
+    image, mask = normal_pair
+    return image, mask, png_bytes(image), png_bytes(mask.astype(np.uint8) * 255)
+
+
+def close_to(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1, f"max diff {diff.max()}"
+
+
+def test_rest_grpc_and_in_process_agree(http, stub, inpainter, pair):
+    image, mask, image_png, mask_png = pair
+    expected = inpainter.inpaint(image, mask, seed=7, steps=STEPS)
+    r = http.post(
+        "/synthesize",
+        files={"image": ("i.png", image_png, "image/png"), "mask": ("m.png", mask_png, "image/png")},
+        data={"seed": "7", "steps": str(STEPS)},
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-seed"] == "7" and r.headers["x-model-version"] == inpainter.model_version
+    rest = decode_image(r.content)
+    close_to(rest, expected)
+    outside = ~inpainter.editable_region(mask)
+    assert np.array_equal(rest[outside], image[outside])  # untouched pixels stay bit-identical
+
+    reply = stub.Synthesize(
+        synthesis_pb2.SynthesizeRequest(image=image_png, mask=mask_png, seed=7, steps=STEPS)
+    )
+    assert reply.seed == 7 and reply.steps == STEPS and reply.model_version == inpainter.model_version
+    close_to(decode_image(reply.image_png), expected)
+
+
+def test_batch_api_with_per_item_settings(http, stub, inpainter, pair):
+    image, mask, image_png, mask_png = pair
+    b64 = base64.b64encode
+    items = [
+        {"image": b64(image_png).decode(), "mask": b64(mask_png).decode(), "seed": 1, "steps": STEPS},
+        {"image": b64(image_png).decode(), "mask": b64(mask_png).decode(), "seed": 2, "steps": STEPS + 1},
+    ]
+    r = http.post("/synthesize_batch", json={"items": items})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [o["seed"] for o in out] == [1, 2] and [o["steps"] for o in out] == [STEPS, STEPS + 1]
+    for o in out:
+        expected = inpainter.inpaint(image, mask, seed=o["seed"], steps=o["steps"])
+        close_to(decode_image(base64.b64decode(o["image"])), expected)
+    reply = stub.SynthesizeBatch(
+        synthesis_pb2.SynthesizeBatchRequest(
+            items=[
+                synthesis_pb2.SynthesizeRequest(image=image_png, mask=mask_png, seed=s, steps=STEPS)
+                for s in (1, 3)
+            ]
+        )
+    )
+    assert [i.seed for i in reply.items] == [1, 3]
+
+
+def test_unset_seed_is_drawn_and_reported(http, pair):
+    _, _, image_png, mask_png = pair
+    files = {"image": ("i.png", image_png, "image/png"), "mask": ("m.png", mask_png, "image/png")}
+    first = http.post("/synthesize", files=files, data={"steps": str(STEPS)})
+    assert first.status_code == 200
+    seed = first.headers["x-seed"]
+    again = http.post("/synthesize", files=files, data={"steps": str(STEPS), "seed": seed})
+    close_to(decode_image(again.content), decode_image(first.content))
+
+
+def test_info_health_reflection_metrics(http, service, inpainter):
+    info = http.post("/info").json()
+    assert info["model_version"] == inpainter.model_version and info["resolution"] == inpainter.resolution
+    assert info["default_steps"] == 25 and info["max_pixels"] == MAX_PIXELS
+    for path in ("/livez", "/readyz"):
+        assert http.get(path).status_code == 200
+    channel = grpc.insecure_channel(service.grpc_target)
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="lesionsynth.v1.Synthesis")).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(
+        reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    )
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"lesionsynth.v1.Synthesis", "grpc.health.v1.Health"} <= names
+    channel.close()
+    metrics = http.get("/metrics").text
+    assert "lesionsynth_synthesis_images_total" in metrics
+    assert "lesionsynth_synthesis_seconds_per_image_bucket" in metrics
+    assert "bentoml_service_request_total" in metrics
+    served = re.search(r'lesionsynth_model_info\{[^}]*model_version="(\w+)"[^}]*\} 1\.0', metrics)
+    assert served and served.group(1) == inpainter.model_version
+
+
+def huge_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buf, format="PNG")  # 4 MP > the 1 MP limit, a few kB of bytes
+    return buf.getvalue()
+
+
+def rest_bad_cases(image_png: bytes, mask_png: bytes, image: np.ndarray):
+    f = lambda i=image_png, m=mask_png: {  # noqa: E731
+        "image": ("i.png", i, "image/png"),
+        "mask": ("m.png", m, "image/png"),
+    }
+    small_mask = png_bytes(np.full((image.shape[0] // 2, image.shape[1]), 255, np.uint8))
+    empty_mask = png_bytes(np.zeros(image.shape[:2], np.uint8))
+    return [
+        ("not an image", dict(files=f(i=b"hello, not a png")), 400, "not a supported image"),
+        ("truncated PNG", dict(files=f(i=image_png[: len(image_png) // 2])), 400, "truncated or corrupt"),
+        ("mask size mismatch", dict(files=f(m=small_mask)), 400, "must be the same size"),
+        ("empty mask", dict(files=f(m=empty_mask)), 400, "mask is empty"),
+        ("huge dimensions", dict(files=f(i=huge_png())), 400, "over the limit"),
+        ("wrong content type", dict(json={"image": "x", "mask": "y"}), 400, "image"),
+        ("missing field", dict(files={"image": ("i.png", image_png, "image/png")}), 400, "mask"),
+        ("steps out of range", dict(files=f(), data={"steps": "0"}), 400, "steps must be"),
+        ("too many steps", dict(files=f(), data={"steps": "5000"}), 400, "steps must be"),
+        ("strength out of range", dict(files=f(), data={"strength": "1.5"}), 400, "strength must be"),
+        ("negative seed", dict(files=f(), data={"seed": "-1"}), 400, "seed"),
+        ("seed not a number", dict(files=f(), data={"seed": "abc"}), 400, "seed"),
+        ("body over the byte limit", dict(files=f(i=b"\0" * (MAX_BYTES + 10))), 413, "over the limit"),
+    ]
+
+
+def test_bad_rest_inputs_get_clear_errors_and_the_service_keeps_serving(http, pair):
+    image, mask, image_png, mask_png = pair
+    for name, kwargs, status, text in rest_bad_cases(image_png, mask_png, image):
+        r = http.post("/synthesize", **kwargs)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert text in r.text, (name, r.text)
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    batch_cases = [
+        ("invalid base64", {"items": [{"image": "%%%", "mask": b64(mask_png)}]}, "not valid base64"),
+        ("empty batch", {"items": []}, "items"),
+        (
+            "bad image in a batch",
+            {"items": [{"image": b64(b"nope"), "mask": b64(mask_png)}]},
+            "not a supported",
+        ),
+        (
+            "strength out of range",
+            {"items": [{"image": b64(image_png), "mask": b64(mask_png), "strength": 0}]},
+            "strength",
+        ),
+    ]
+    for name, body, text in batch_cases:
+        r = http.post("/synthesize_batch", json=body)
+        assert r.status_code == 400, (name, r.text)
+        assert text in r.text, (name, r.text)
+    ok = http.post(
+        "/synthesize", files=rest_bad_cases(image_png, mask_png, image)[7][1]["files"], data={"steps": "2"}
+    )
+    assert ok.status_code == 200
+    assert "lesionsynth_rejected_requests_total" in http.get("/metrics").text
+
+
+def test_bad_grpc_inputs_get_invalid_argument(stub, pair):
+    image, mask, image_png, mask_png = pair
+    empty_mask = png_bytes(np.zeros(image.shape[:2], np.uint8))
+    cases = [
+        ("not an image", dict(image=b"nope", mask=mask_png), "not a supported image"),
+        ("missing mask", dict(image=image_png), "mask is missing"),
+        ("empty mask", dict(image=image_png, mask=empty_mask), "mask is empty"),
+        ("huge dimensions", dict(image=huge_png(), mask=mask_png), "over the limit"),
+        ("steps out of range", dict(image=image_png, mask=mask_png, steps=0), "steps must be"),
+        ("strength out of range", dict(image=image_png, mask=mask_png, strength=2.0), "strength must be"),
+        ("seed out of range", dict(image=image_png, mask=mask_png, seed=2**63), "seed must be"),
+    ]
+    for name, fields, text in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Synthesize(synthesis_pb2.SynthesizeRequest(**fields))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert text in err.value.details(), (name, err.value.details())
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SynthesizeBatch(synthesis_pb2.SynthesizeBatchRequest())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "items is empty" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Synthesize(synthesis_pb2.SynthesizeRequest(image=b"\0" * (MAX_BYTES + 10), mask=mask_png))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    reply = stub.Synthesize(synthesis_pb2.SynthesizeRequest(image=image_png, mask=mask_png, seed=1, steps=2))
+    assert reply.image_png and reply.seed == 1
