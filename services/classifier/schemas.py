@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from models.data.images import max_pixels_from_env
 from models.errors import LesionsynthError
 from services.classifier.handler import parse_image
+from services.common.errors import request_error_slot
 from services.common.metrics import REJECTED
 from services.synthesis.schemas import b64
 
@@ -19,15 +20,22 @@ from services.synthesis.schemas import b64
 class ClassifyItem(BaseModel):
     image: str = Field(description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64.")
     _pixels: np.ndarray | None = PrivateAttr(None)
+    #: The request's error slot (services.common.errors): the batch may run outside the request's context.
+    _error_slot: dict | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def decode(self) -> ClassifyItem:
+        self._error_slot = request_error_slot()
         try:
             self._pixels = parse_image(b64("image", self.image), max_pixels_from_env())
         except (LesionsynthError, ValueError) as exc:
             REJECTED.labels(service="classifier", transport="rest").inc()
             raise ValueError(str(exc)) from None
         return self
+
+    @property
+    def error_slot(self) -> dict | None:
+        return self._error_slot
 
     @property
     def pixels(self) -> np.ndarray:

@@ -16,7 +16,7 @@ from pydantic import Field
 from services.classifier.schemas import Classification, ClassifierInfo, ClassifyItem
 from services.classifier.settings import ClassifierSettings
 from services.common.auth import BearerAuthMiddleware
-from services.common.errors import rest_errors
+from services.common.errors import ServerErrorDetailMiddleware, rest_errors
 from services.common.limits import RequestSizeLimitMiddleware
 
 SETTINGS = ClassifierSettings.from_env()
@@ -62,7 +62,15 @@ class ClassifierService:
         """Many images as base64 JSON; concurrent requests are merged into one backend batch."""
         from dataclasses import asdict
 
-        results = self.handler.classify([item.pixels for item in items], "rest")
+        from models.errors import BackendUnavailable
+        from services.common.errors import note_server_error
+
+        try:
+            results = self.handler.classify([item.pixels for item in items], "rest")
+        except BackendUnavailable as exc:
+            for item in items:  # every request merged into this batch gets the reason
+                note_server_error(str(exc), item.error_slot)
+            raise
         return [Classification(**asdict(r)) for r in results]
 
     @bentoml.api
@@ -85,3 +93,4 @@ class ClassifierService:
 
 ClassifierService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=SETTINGS.common.max_request_bytes)
 ClassifierService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
+ClassifierService.add_asgi_middleware(ServerErrorDetailMiddleware)

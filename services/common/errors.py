@@ -8,7 +8,9 @@ service log.
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import json
 import logging
 
 import grpc
@@ -16,6 +18,64 @@ import grpc
 from models.errors import BackendUnavailable, LesionsynthError
 
 log = logging.getLogger("lesionsynth.services")
+
+
+#: Per HTTP request: the message of a 5xx this service means the client to read. BentoML replaces every
+#: 5xx body with a generic text; ServerErrorDetailMiddleware puts this message back. The slot is a dict
+#: set by the middleware, so code running in BentoML's worker threads (which copy the context) and
+#: batch items that captured it can fill it in.
+REQUEST_ERROR: contextvars.ContextVar[dict | None] = contextvars.ContextVar("lesionsynth_error", default=None)
+
+
+def request_error_slot() -> dict | None:
+    return REQUEST_ERROR.get()
+
+
+def note_server_error(message: str, slot: dict | None = None) -> None:
+    slot = slot if slot is not None else REQUEST_ERROR.get()
+    if slot is not None:
+        slot["error"] = message
+
+
+class ServerErrorDetailMiddleware:
+    """ASGI: a 5xx whose cause was noted with :func:`note_server_error` says that cause, as JSON."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        slot: dict = {}
+        token = REQUEST_ERROR.set(slot)
+        replacing = False
+
+        async def patched_send(event):
+            nonlocal replacing
+            if event["type"] == "http.response.start" and event["status"] >= 500 and slot.get("error"):
+                replacing = True
+                body = json.dumps({"error": slot["error"]}).encode()
+                slot["body"] = body
+                headers = [
+                    (k, v)
+                    for k, v in event.get("headers", [])
+                    if k.lower() not in (b"content-length", b"content-type")
+                ]
+                headers += [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                return await send({**event, "headers": headers})
+            if event["type"] == "http.response.body" and replacing:
+                if event.get("more_body"):
+                    return None
+                return await send({"type": "http.response.body", "body": slot["body"]})
+            return await send(event)
+
+        try:
+            return await self.app(scope, receive, patched_send)
+        finally:
+            REQUEST_ERROR.reset(token)
 
 
 class NotFoundError(LesionsynthError):
@@ -65,6 +125,8 @@ def rest_errors(fn):
             try:
                 return await fn(*args, **kwargs)
             except LesionsynthError as exc:
+                if isinstance(exc, BackendUnavailable):
+                    note_server_error(str(exc))
                 raise http_error(exc) from None
 
         return wrapper
@@ -74,6 +136,8 @@ def rest_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LesionsynthError as exc:
+            if isinstance(exc, BackendUnavailable):
+                note_server_error(str(exc))
             raise http_error(exc) from None
 
     return sync_wrapper

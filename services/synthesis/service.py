@@ -15,7 +15,7 @@ from bentoml.validators import ContentType
 from pydantic import Field
 
 from services.common.auth import BearerAuthMiddleware
-from services.common.errors import rest_errors
+from services.common.errors import ServerErrorDetailMiddleware, rest_errors
 from services.common.limits import RequestSizeLimitMiddleware
 from services.common.metrics import REJECTED
 from services.synthesis.schemas import SynthesisInfo, SynthesisItem, SynthesisItemResult
@@ -112,3 +112,4 @@ class SynthesisService:
 
 SynthesisService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=SETTINGS.common.max_request_bytes)
 SynthesisService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
+SynthesisService.add_asgi_middleware(ServerErrorDetailMiddleware)
