@@ -45,6 +45,10 @@ ManifestOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 # Sampler options: None means the measured defaults of models.diffusion.inpaint.SamplerSettings.
 StepsOpt = Annotated[int | None, typer.Option(help="DDIM steps (default 25).")]
+RemoteOpt = Annotated[
+    str | None,
+    typer.Option(help="URL of a synthesis service to paint with (token from LESIONSYNTH_API_TOKEN)."),
+]
 StrengthOpt = Annotated[
     float | None, typer.Option(help="Starting noise level in (0, 1]; 1 = pure noise (default).")
 ]
@@ -157,36 +161,52 @@ def train_synthesizer_cmd(
 @app.command("synthesize")
 @user_errors
 def synthesize_cmd(
-    model: Annotated[Path, typer.Option(help="Synthesizer folder.")],
     image: Annotated[Path, typer.Option(help="Input image.")],
     mask: Annotated[Path, typer.Option(help="Mask: > 127 marks where to paint the lesion.")],
     out: Annotated[Path, typer.Option(help="Output PNG.")],
+    model: Annotated[Path | None, typer.Option(help="Synthesizer folder (or use --remote).")] = None,
+    remote: RemoteOpt = None,
     seed: SeedOpt = 0,
     steps: StepsOpt = None,
     strength: StrengthOpt = None,
     eta: EtaOpt = None,
     resample: ResampleOpt = None,
 ) -> None:
-    """Paint a synthetic lesion into the masked region of one image."""
+    """Paint a synthetic lesion into the masked region of one image (here, or on a synthesis service)."""
     from models.artifacts import atomic_write_bytes
     from models.data.images import decode_image, decode_mask, encode_png
-    from models.diffusion.inpaint import LesionInpainter
+    from models.errors import ConfigError
 
     img = decode_image(image, role="image")
     msk = decode_mask(mask, role="mask")
-    inpainter = LesionInpainter.from_pretrained(model)
-    result = inpainter.inpaint(
-        img, msk, seed=seed, steps=steps, strength=strength, eta=eta, resample=resample
-    )
+    settings = dict(seed=seed, steps=steps, strength=strength, eta=eta, resample=resample)
+    if remote:
+        result = remote_inpainter(remote).inpaint(img, msk, **settings)
+    elif model is None:
+        raise ConfigError("give --model FOLDER or --remote URL")
+    else:
+        from models.diffusion.inpaint import LesionInpainter
+
+        result = LesionInpainter.from_pretrained(model).inpaint(img, msk, **settings)
     atomic_write_bytes(out, encode_png(result))
     typer.echo(f"wrote {out}")
+
+
+def remote_inpainter(url: str, concurrency: int = 4, progress: bool = False):
+    """The synthesis service at ``url`` as an inpainter (token from LESIONSYNTH_API_TOKEN).
+
+    The only place models/ reaches into services/: the HTTP client is imported here, on demand.
+    """
+    from services.client import SynthesisClient
+    from services.client.remote_inpainter import RemoteInpainter
+
+    return RemoteInpainter(SynthesisClient(url, max_concurrency=concurrency), progress=progress)
 
 
 @app.command("balance")
 @user_errors
 def balance_cmd(
     manifest: ManifestOpt,
-    model: Annotated[Path, typer.Option(help="Synthesizer folder.")],
     normal_label: Annotated[str, typer.Option(help="Label of the images to transform.")],
     lesion_label: Annotated[str, typer.Option(help="Label the synthetic images get.")],
     count: Annotated[int, typer.Option(help="How many synthetic lesion images to make.")],
@@ -196,10 +216,17 @@ def balance_cmd(
     strength: StrengthOpt = None,
     eta: EtaOpt = None,
     resample: ResampleOpt = None,
-    batch_size: int = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per UNet batch (per wave of requests with --remote).")
+    ] = 8,
+    model: Annotated[Path | None, typer.Option(help="Synthesizer folder (or use --remote).")] = None,
+    remote: RemoteOpt = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight with --remote.")] = 4,
 ) -> None:
     """Turn COUNT normal train images into synthetic lesions; write the balanced manifest (resumable)."""
     from models.balance import BalanceSettings, balance_dataset
+
+    inpainter = remote_inpainter(remote, concurrency) if remote else None
 
     path = balance_dataset(
         BalanceSettings(
@@ -215,7 +242,8 @@ def balance_cmd(
             eta=eta,
             resample=resample,
             batch_size=batch_size,
-        )
+        ),
+        inpainter=inpainter,
     )
     typer.echo(f"wrote {path}")
 

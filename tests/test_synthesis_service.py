@@ -240,3 +240,67 @@ def test_bad_grpc_inputs_get_invalid_argument(stub, pair):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     reply = stub.Synthesize(synthesis_pb2.SynthesizeRequest(image=image_png, mask=mask_png, seed=1, steps=2))
     assert reply.image_png and reply.seed == 1
+
+
+def test_balance_and_synthesize_remote_match_local(service, tiny_synth, demo_manifest, tmp_path, pair):
+    """`lesionsynth balance --remote URL` paints the same images as the local run (within a grey level)."""
+    from typer.testing import CliRunner
+
+    from models.cli import app
+    from models.data.manifest import load_manifest
+
+    runner = CliRunner()
+    common = ["--manifest", str(demo_manifest), "--normal-label", "normal", "--lesion-label", "lesion"]
+    common += ["--count", "3", "--steps", str(STEPS), "--seed", "5"]
+    local = runner.invoke(
+        app, ["balance", *common, "--model", str(tiny_synth), "--out", str(tmp_path / "local")]
+    )
+    assert local.exit_code == 0, local.output
+    remote = runner.invoke(
+        app, ["balance", *common, "--remote", service.url, "--out", str(tmp_path / "remote")]
+    )
+    assert remote.exit_code == 0, remote.output
+    local_rows = [
+        r for r in load_manifest(tmp_path / "local" / "manifest.csv").rows if r.fields.get("synthetic") == "1"
+    ]
+    remote_rows = [
+        r
+        for r in load_manifest(tmp_path / "remote" / "manifest.csv").rows
+        if r.fields.get("synthetic") == "1"
+    ]
+    assert len(local_rows) == len(remote_rows) == 3
+    for a, b in zip(local_rows, remote_rows, strict=True):
+        close_to(a.load()[0], b.load()[0])
+
+    image, mask, image_png, mask_png = pair
+    (tmp_path / "i.png").write_bytes(image_png)
+    (tmp_path / "m.png").write_bytes(mask_png)
+    args = [
+        "synthesize",
+        "--image",
+        str(tmp_path / "i.png"),
+        "--mask",
+        str(tmp_path / "m.png"),
+        "--seed",
+        "9",
+    ]
+    args += ["--steps", str(STEPS), "--remote", service.url, "--out", str(tmp_path / "o.png")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(app, [*args[:-2], "--out", str(tmp_path / "x.png"), "--eta", "0.5"])
+    assert bad.exit_code != 0 and "--eta" in bad.output
+
+
+def test_client_reports_clear_errors_after_retries(service, pair):
+    from service_process import free_port
+
+    from services.client import RemoteError, SynthesisClient
+
+    _, _, image_png, _ = pair
+    with SynthesisClient(service.url, retries=0) as client:
+        with pytest.raises(RemoteError, match="must be the same size") as err:
+            client.synthesize(image_png, png_bytes(np.zeros((8, 8), np.uint8)))
+        assert err.value.status == 400
+    unreachable = SynthesisClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.01)
+    with unreachable, pytest.raises(RemoteError, match="cannot connect"):
+        unreachable.info()
