@@ -1,5 +1,6 @@
-# lesionsynth: the two commands a new user needs are `make demo` (the main job, end to end on demo data)
-# and `make test` (the whole suite). Everything installs into .venv from the pins in pyproject.toml.
+# lesionsynth: the commands a new user needs are `make serve` (the three services, demo models trained on
+# first start), `make test` (the whole suite) and `make demo` (the ML pipeline end to end on
+# demo data). Everything installs into .venv from the pins in pyproject.toml.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ RUNS   := runs
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench serve clean
 
 setup: $(STAMP)
 
@@ -39,7 +40,8 @@ $(TRITON_STAMP): $(TRITON_REQS)
 	touch $@
 
 # Two pytest workers, one torch thread each: the machine has 2 cores and many tests are small.
-test: setup
+# The Triton tests run a real Triton server (PyTriton) from its own venv: test needs triton-env.
+test: setup triton-env
 	$(VENV)/bin/ruff check models services tests loadtests
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q
 
@@ -67,6 +69,11 @@ demo: setup
 bench: setup
 	$(PY) -m loadtests.benchmarks.synthesis_vs_repaint
 	$(PY) -m loadtests.benchmarks.design_choices
+
+# The three services on 127.0.0.1 (ports in README.md); trains demo models into runs/model-store first
+# when the store has none (~4 min on 2 cores, once).
+serve: setup
+	BENTOML_DO_NOT_TRACK=True $(PY) -m services.launch
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from models.artifacts import atomic_write_bytes, atomic_write_json
 from models.data.images import encode_png
 from models.data.manifest import Manifest, Row, load_manifest
 from models.diffusion.inpaint import DEFAULTS, LesionInpainter, check_seed
 from models.errors import ConfigError
+from models.progress import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ SYNTHETIC_COLUMNS = ("synthetic", "source_image", "seed", "model_version")
 @dataclass
 class BalanceSettings:
     manifest: Path
-    model: Path
+    model: Path | None
     normal_label: str
     lesion_label: str
     count: int
@@ -121,8 +121,12 @@ def balanced_manifest_text(
     return manifest.to_csv(columns=columns, rows=rows)
 
 
-def balance_dataset(s: BalanceSettings) -> Path:
-    """Run (or resume) a balancing; return the path of the new manifest."""
+def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None) -> Path:
+    """Run (or resume) a balancing; return the path of the new manifest.
+
+    ``inpainter``: anything with ``model_version`` and ``inpaint_batch`` (e.g. the synthesis service's
+    ``services.client.remote_inpainter.RemoteInpainter``); default: ``s.model`` loaded in this process.
+    """
     if s.count < 1:
         raise ConfigError("--count must be >= 1")
     if s.normal_label == s.lesion_label:
@@ -131,7 +135,10 @@ def balance_dataset(s: BalanceSettings) -> Path:
     check_seed(s.seed)
     manifest = load_manifest(s.manifest, progress=s.progress)
     manifest.require_label(s.normal_label)
-    inpainter = LesionInpainter.from_pretrained(s.model, batch_size=s.batch_size)
+    if inpainter is None:
+        if s.model is None:
+            raise ConfigError("--model is required (or --remote URL of a synthesis service)")
+        inpainter = LesionInpainter.from_pretrained(s.model, batch_size=s.batch_size)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     if out.resolve() == Path(s.manifest).resolve().parent:

@@ -45,3 +45,7 @@ class ParameterError(LesionsynthError):
 
 class BackendUnavailable(LesionsynthError):
     """An inference backend (e.g. a Triton server) cannot be reached or is not ready; retry later."""
+
+
+class NotFoundError(LesionsynthError):
+    """A job, model version or other named thing that does not exist (REST 404, gRPC NOT_FOUND)."""

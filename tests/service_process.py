@@ -6,6 +6,7 @@ its workers) is stopped at the end, or killed with ``kill(signal.SIGKILL)`` for 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -80,19 +81,35 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(30)
+        """Signal the whole process tree at once, as a container runtime would: BentoML's workers are
+        not in the supervisor's process group, so ``killpg`` alone would leave them running."""
+        import psutil
 
-    def stop(self) -> None:
         if not self.proc or self.proc.poll() is not None:
             return
+        root = psutil.Process(self.proc.pid)
+        tree = [root, *root.children(recursive=True)]
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(sig)
+        psutil.wait_procs(tree, timeout=30)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown: gRPC stopped, jobs stopped), then SIGKILL whatever is left."""
+        import psutil
+
+        if not self.proc or self.proc.poll() is not None:
+            return
+        tree = [psutil.Process(self.proc.pid)]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree += tree[0].children(recursive=True)
         os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        self.proc.wait(10)
 
     def __enter__(self) -> ServiceProcess:
         return self.start()

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from models.classifier.config import ClassifierConfig, normalize
 from models.data.augment import colour_jitter
 from models.data.images import decode_image
 from models.data.manifest import Row
+from models.progress import tqdm
 
 
 def resize_uint8(image: np.ndarray, size: int) -> torch.Tensor:

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from models.checkpoints import (
     latest_checkpoint,
@@ -40,6 +39,7 @@ from models.data.manifest import load_manifest
 from models.devices import autocast_for, backward_step, pick_device
 from models.errors import ConfigError
 from models.evaluation.roc import roc_auc, sensitivity_specificity, threshold_for_sensitivity
+from models.progress import tqdm
 
 log = logging.getLogger(__name__)
 

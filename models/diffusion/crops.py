@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm import tqdm
 
 from models.data.augment import colour_jitter
 from models.data.manifest import Row
 from models.data.regions import lesion_crop
+from models.progress import tqdm
 
 
 class LesionCrops:

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
-from tqdm import tqdm
 
 from models.checkpoints import (
     latest_checkpoint,
@@ -37,6 +36,7 @@ from models.diffusion.config import SynthesizerConfig, build_train_scheduler, bu
 from models.diffusion.crops import LesionCrops
 from models.diffusion.folder import CARD_NAME, read_card, write_synthesizer
 from models.errors import ConfigError
+from models.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
-from tqdm import tqdm
 
 from models.diffusion.crops import augment_batch
 from models.evaluation.features import resnet_pooled
+from models.progress import tqdm
 
 
 def train_crop_classifier(

@@ -16,8 +16,6 @@ from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
-from tqdm import tqdm
-
 from models.errors import LesionsynthError
 from models.experiment.aggregate import aggregate
 from models.experiment.config import ExperimentConfig
@@ -26,6 +24,7 @@ from models.experiment.prepare import PreparedData, prepare
 from models.experiment.report import write_report
 from models.experiment.series import run_series
 from models.experiment.units import SCORES, Unit, all_units, run_unit
+from models.progress import tqdm
 
 log = logging.getLogger(__name__)
 

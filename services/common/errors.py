@@ -15,7 +15,7 @@ import logging
 
 import grpc
 
-from models.errors import BackendUnavailable, LesionsynthError
+from models.errors import BackendUnavailable, LesionsynthError, NotFoundError
 
 log = logging.getLogger("lesionsynth.services")
 
@@ -76,10 +76,6 @@ class ServerErrorDetailMiddleware:
             return await self.app(scope, receive, patched_send)
         finally:
             REQUEST_ERROR.reset(token)
-
-
-class NotFoundError(LesionsynthError):
-    """A job or model version that does not exist."""
 
 
 class ConflictError(LesionsynthError):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.errors import ConfigError, LesionsynthError
+from models.errors import ConfigError, NotFoundError
 
 SCHEMA_VERSION = 1
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
@@ -58,7 +58,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 """
 
 
-class UnknownJobError(LesionsynthError):
+class UnknownJobError(NotFoundError):
     """No job has this id (a REST 404 / gRPC NOT_FOUND, not a bad request)."""
 
 
@@ -315,7 +315,11 @@ class JobStore:
                 job = self._record(row)
                 touched.append(job.id)
                 if job.cancel_requested:
-                    state, stage, error = "cancelled", job.stage, "cancelled by request (the service restarted)"
+                    state, stage, error = (
+                        "cancelled",
+                        job.stage,
+                        "cancelled by request (the service restarted)",
+                    )
                 elif job.type not in resumable:
                     state, stage = "interrupted", job.stage
                     error = f"the service stopped while the job ran, and {job.type} jobs cannot be resumed"

@@ -1,0 +1,183 @@
+"""Job parameter checking: each field says its type and range, and every error names the field.
+
+Requests arrive as JSON from the network, so nothing is trusted: unknown fields are refused (a typo such
+as ``max_step`` must not silently train with the default), booleans are not integers, integers are not
+floats' substitutes, and every path must resolve (symlinks followed) inside the configured roots.
+Relative paths are taken relative to the first data root, not the service's working directory, which a
+remote client cannot know.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.errors import ParameterError
+from models.jobs.base import JobRoots
+
+MAX_SEED = 2**63 - 1  # the sampler's limit (models.diffusion.inpaint.MAX_SEED)
+_REQUIRED = object()
+
+Check = Callable[[str, Any, JobRoots], Any]
+
+
+@dataclass(frozen=True)
+class Field:
+    check: Check
+    default: Any = _REQUIRED
+
+
+def normalise(params: Any, fields: dict[str, Field], roots: JobRoots) -> dict:
+    """Check ``params`` against ``fields``; return them with defaults filled in and paths resolved."""
+    if not isinstance(params, dict):
+        raise ParameterError("params must be a JSON object")
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ParameterError(
+            f"params: unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(fields)}"
+        )
+    out = {}
+    for name, field in fields.items():
+        label = f"params.{name}"
+        if name not in params or (params[name] is None and field.default is not _REQUIRED):
+            if field.default is _REQUIRED:
+                raise ParameterError(f"{label} is required")
+            out[name] = field.default
+            continue
+        out[name] = field.check(label, params[name], roots)
+    return out
+
+
+# -- scalar fields ----------------------------------------------------------------------------------
+
+
+def integer(lo: int, hi: int, default: Any = _REQUIRED) -> Field:
+    def check(label: str, value: Any, roots: JobRoots) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(f"{label} must be an integer, got {_shown(value)}")
+        if not lo <= value <= hi:
+            raise ParameterError(f"{label} must be in [{lo}, {hi}], got {value}")
+        return value
+
+    return Field(check, default)
+
+
+def number(lo: float, hi: float, default: Any = _REQUIRED, lo_open: bool = False) -> Field:
+    def check(label: str, value: Any, roots: JobRoots) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParameterError(f"{label} must be a number, got {_shown(value)}")
+        ok = (lo < value if lo_open else lo <= value) and value <= hi
+        if not ok:
+            raise ParameterError(f"{label} must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
+        return float(value)
+
+    return Field(check, default)
+
+
+def boolean(default: Any = _REQUIRED) -> Field:
+    def check(label: str, value: Any, roots: JobRoots) -> bool:
+        if not isinstance(value, bool):
+            raise ParameterError(f"{label} must be true or false, got {_shown(value)}")
+        return value
+
+    return Field(check, default)
+
+
+def choice(options: Sequence[Any], default: Any = _REQUIRED) -> Field:
+    def check(label: str, value: Any, roots: JobRoots) -> Any:
+        if isinstance(value, bool) or value not in options:
+            raise ParameterError(
+                f"{label} must be one of {', '.join(map(str, options))}, got {_shown(value)}"
+            )
+        return value
+
+    return Field(check, default)
+
+
+def text(
+    pattern: str = r"[^\x00-\x1f]{1,200}", default: Any = _REQUIRED, what: str = "a short text"
+) -> Field:
+    compiled = re.compile(pattern)
+
+    def check(label: str, value: Any, roots: JobRoots) -> str:
+        if not isinstance(value, str) or not compiled.fullmatch(value):
+            raise ParameterError(f"{label} must be {what}, got {_shown(value)}")
+        return value
+
+    return Field(check, default)
+
+
+def label(default: Any = _REQUIRED) -> Field:
+    """A class label as it appears in a manifest's ``label`` column."""
+    return text(r"[^\x00-\x1f,\"]{1,100}", default, what="a label (1-100 characters, no commas or quotes)")
+
+
+def seed(default: int = 0) -> Field:
+    return integer(0, MAX_SEED, default)
+
+
+def device(default: Any = None) -> Field:
+    return text(r"cpu|cuda(:\d{1,2})?|mps", default, what="'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
+# -- paths ------------------------------------------------------------------------------------------
+
+
+def resolve_input(label: str, value: Any, roots: JobRoots) -> Path:
+    """``value`` as a real path inside the readable roots (symlinks followed), else ParameterError."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ParameterError(f"{label} must be a path (a non-empty string), got {_shown(value)}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = roots.data_roots[0] / path
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in roots.readable):
+        shown = ", ".join(str(r) for r in roots.data_roots)
+        raise ParameterError(
+            f"{label}: {value} is outside the data roots ({shown}) and the output root "
+            f"({roots.output_root}); jobs may only read there"
+        )
+    return resolved
+
+
+def input_file(default: Any = _REQUIRED) -> Field:
+    def check(label: str, value: Any, roots: JobRoots) -> str:
+        path = resolve_input(label, value, roots)
+        if not path.is_file():
+            raise ParameterError(f"{label}: no such file: {value}")
+        return str(path)
+
+    return Field(check, default)
+
+
+VERSION = re.compile(r"[0-9a-f]{6,64}")
+
+
+def model_ref(default: Any = "latest") -> Field:
+    """'latest', a model store version (>= 6 hex digits) or a model folder inside the readable roots."""
+
+    def check(label: str, value: Any, roots: JobRoots) -> str:
+        if isinstance(value, str) and (value == "latest" or VERSION.fullmatch(value)):
+            return value
+        path = resolve_input(label, value, roots)
+        if not path.is_dir():
+            raise ParameterError(f"{label} must be 'latest', a model version or a model folder; got {value}")
+        return str(path)
+
+    return Field(check, default)
+
+
+def output_inside(label: str, path: Path, roots: JobRoots) -> Path:
+    """``path`` (resolved) if it is inside the output root, else ParameterError."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(roots.output_root):
+        raise ParameterError(f"{label}: {path} is outside the output root ({roots.output_root})")
+    return resolved
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."

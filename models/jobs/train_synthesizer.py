@@ -1,0 +1,77 @@
+"""Job ``train-synthesizer``: train the lesion DDPM, then publish it to the model store.
+
+Training runs in ``work_dir/model`` with ``resume=True``: the recipe continues from the newest checkpoint
+there (or returns the finished model), so a job restarted after a crash picks up where it stopped. Once
+the model is in the store its checkpoints are deleted; the store copy is the artifact.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from models.jobs import params as p
+from models.jobs.base import JobContext, JobRoots
+
+# The choices of models.diffusion.config (not imported here: it pulls in torch and diffusers, and
+# validation runs in the service process). tests/test_jobs.py checks they match.
+RESOLUTIONS = (32, 64, 128, 256)
+PRESETS = ("tiny", "small", "base")
+
+FIELDS = {
+    "manifest": p.input_file(),
+    "lesion_label": p.label(),
+    "resolution": p.choice(RESOLUTIONS, 64),
+    "preset": p.choice(PRESETS, "small"),
+    "mask_conditioning": p.boolean(False),
+    "max_steps": p.integer(1, 10_000_000, 2000),
+    "batch_size": p.integer(1, 1024, 8),
+    "learning_rate": p.number(0.0, 1.0, 2e-4, lo_open=True),
+    "checkpoint_every": p.integer(1, 10_000_000, 500),
+    "seed": p.seed(),
+    "device": p.device(),
+}
+
+
+def validate(params: dict, roots: JobRoots) -> dict:
+    return p.normalise(params, FIELDS, roots)
+
+
+def run(params: dict, ctx: JobContext) -> dict:
+    from models.checkpoints import latest_checkpoint
+    from models.diffusion.config import SynthesizerConfig
+    from models.diffusion.train import TrainSettings, train_synthesizer
+
+    out = Path(ctx.work_dir) / "model"
+    ckpt = latest_checkpoint(out / "checkpoints")
+    card = train_synthesizer(
+        TrainSettings(
+            manifest=Path(params["manifest"]),
+            lesion_label=params["lesion_label"],
+            out=out,
+            config=SynthesizerConfig(
+                resolution=params["resolution"],
+                preset=params["preset"],
+                mask_conditioning=params["mask_conditioning"],
+            ),
+            max_steps=params["max_steps"],
+            batch_size=params["batch_size"],
+            learning_rate=params["learning_rate"],
+            checkpoint_every=params["checkpoint_every"],
+            seed=params["seed"],
+            device=params["device"],
+            resume=True,
+            progress=False,
+        )
+    )
+    stored = ctx.store.publish("synthesizer", out)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    loss = card["loss_curve"][-1][1] if card.get("loss_curve") else None
+    return {
+        "kind": "synthesizer",
+        "version": stored.version,
+        "path": str(stored.path),
+        "steps": card["steps"],
+        "final_loss": loss,
+        "resumed_from_step": int(ckpt.name.split("-")[1]) if ckpt else 0,
+    }

@@ -1,0 +1,98 @@
+"""Training-job service: ``bentoml serve services.training.service:TrainingService --port 3002``.
+
+REST (BentoML): /submit_job, /get_job, /list_jobs, /cancel_job, /job_logs, /job_types. gRPC
+lesionsynth.v1.Training on LESIONSYNTH_GRPC_PORT (50053), including WatchJob (server streaming). Jobs run
+in their own processes (a crash or OOM in a job never takes the service down); records live in SQLite;
+after a restart, running jobs resume from their checkpoints or are marked interrupted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import Field
+
+from services.common.auth import BearerAuthMiddleware
+from services.common.errors import ServerErrorDetailMiddleware, rest_errors
+from services.common.limits import RequestSizeLimitMiddleware
+from services.training.schemas import Job, JobLogs, JobStateName, JobTypeInfo
+from services.training.settings import TrainingSettings
+
+SETTINGS = TrainingSettings.from_env()
+
+
+@bentoml.service(name="lesionsynth-training", traffic={"timeout": 60})
+class TrainingService:
+    def __init__(self) -> None:
+        from models.jobs import JOB_TYPES, JobRoots
+        from services.common import jsonlog
+        from services.common.grpc_server import GrpcServer
+        from services.training import grpc_servicer
+        from services.training.metrics import JobMetrics
+        from services.training.scheduler import JobScheduler
+
+        jsonlog.configure()
+        roots = JobRoots(SETTINGS.data_roots, SETTINGS.output_root)
+        self.scheduler = JobScheduler.local(
+            SETTINGS.jobs_dir, roots, SETTINGS.model_store, max_concurrent=SETTINGS.max_concurrent_jobs
+        )
+        self.scheduler.start()
+        self.metrics = JobMetrics(self.scheduler.store, JOB_TYPES).start()
+        self.grpc = GrpcServer(
+            "training", SETTINGS.common, [grpc_servicer.registration(self.scheduler)]
+        ).start()
+
+    @bentoml.api
+    @rest_errors
+    def submit_job(self, type: str, params: dict[str, Any] | None = None) -> Job:  # noqa: A002
+        """Queue a job: train-synthesizer, balance, train-classifier, experiment or export (see /job_types)."""
+        return Job(**self.scheduler.submit(type, params or {}).to_dict())
+
+    @bentoml.api
+    @rest_errors
+    def get_job(self, id: str) -> Job:  # noqa: A002
+        return Job(**self.scheduler.get(id).to_dict())
+
+    @bentoml.api
+    @rest_errors
+    def list_jobs(
+        self,
+        state: JobStateName | None = None,
+        type: str | None = None,  # noqa: A002
+        limit: Annotated[int, Field(ge=1, le=1000)] = 100,
+    ) -> list[Job]:
+        """Newest first."""
+        return [Job(**j.to_dict()) for j in self.scheduler.store.list(state=state, type=type, limit=limit)]
+
+    @bentoml.api
+    @rest_errors
+    def cancel_job(self, id: str) -> Job:  # noqa: A002
+        """Idempotent: a finished job is returned unchanged."""
+        return Job(**self.scheduler.cancel(id).to_dict())
+
+    @bentoml.api
+    @rest_errors
+    def job_logs(
+        self, id: str, tail_bytes: Annotated[int, Field(ge=1, le=16 * 1024 * 1024)] = 65536
+    ) -> JobLogs:  # noqa: A002
+        return JobLogs(id=id, text=self.scheduler.logs(id, tail_bytes))
+
+    @bentoml.api
+    def job_types(self) -> list[JobTypeInfo]:
+        from models.jobs import JOB_TYPES
+
+        return [
+            JobTypeInfo(name=t.name, summary=t.summary, resumable=t.resumable) for t in JOB_TYPES.values()
+        ]
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.grpc.stop()
+        self.metrics.stop()
+        self.scheduler.stop()
+
+
+TrainingService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=1024 * 1024)
+TrainingService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
+TrainingService.add_asgi_middleware(ServerErrorDetailMiddleware)
