@@ -403,6 +403,28 @@ def export_triton_cmd(
     typer.echo(f"wrote {path}")
 
 
+@app.command("export-serving")
+@user_errors
+def export_serving_cmd(
+    model: Annotated[Path, typer.Option(help="Classifier folder.")],
+    out: Annotated[Path, typer.Option(help="Serving folder to write (model.onnx + card + triton/).")],
+    instance_kind: Annotated[str, typer.Option(help="Triton instances: gpu (production) or cpu.")] = "gpu",
+    store: Annotated[
+        Path | None, typer.Option(help="Also publish it into this model store (kind classifier-onnx).")
+    ] = None,
+) -> None:
+    """Write the classifier service's serving folder (ONNX + a Triton repository of the same graph)."""
+    from models.export.serving import export_serving_folder
+
+    card = export_serving_folder(model, out, instance_kind=instance_kind)
+    typer.echo(f"wrote {out} (version {card['model_version']})")
+    if store is not None:
+        from models.store import ModelStore
+
+        stored = ModelStore(store).publish("classifier-onnx", out)
+        typer.echo(f"published classifier-onnx {stored.version} to {stored.path}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     app()

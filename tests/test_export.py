@@ -103,3 +103,31 @@ def test_triton_config_errors():
         config_pbtxt("m", 32, max_batch_size=8, preferred_batch_sizes=(16,))
     with pytest.raises(ConfigError, match="gpu' or 'cpu"):
         config_pbtxt("m", 32, instance_kind="tpu")
+
+
+def test_export_serving_cli_publishes_a_folder_the_classifier_service_loads(
+    tmp_path, classifier, demo_manifest
+):
+    from typer.testing import CliRunner
+
+    from models.classifier.screening import OnnxRuntimeBackend, ScreeningModel
+    from models.cli import app
+    from models.store import ModelStore
+
+    out, store = tmp_path / "serving", tmp_path / "store"
+    args = ["export-serving", "--model", str(classifier), "--out", str(out), "--instance-kind", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    stored = ModelStore(store).resolve("classifier-onnx", "latest")
+    model = ScreeningModel(stored.path, OnnxRuntimeBackend(stored.path / "model.onnx"))
+    assert model.threshold == load_classifier(classifier).threshold
+    assert (stored.path / "triton" / "lesion_classifier" / "config.pbtxt").is_file()
+    images = [r.load()[0] for r in load_manifest(demo_manifest, check_files=False).rows[:4]]
+    np.testing.assert_allclose(
+        model.probabilities(images), predict_images(load_classifier(classifier), images), atol=0.02
+    )
+    (stored.path / "model.onnx").write_bytes(b"corrupted")
+    from models.errors import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="sha256"):
+        ScreeningModel(stored.path, OnnxRuntimeBackend(out / "model.onnx"))

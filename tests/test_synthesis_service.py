@@ -183,7 +183,7 @@ def rest_bad_cases(image_png: bytes, mask_png: bytes, image: np.ndarray):
     ]
 
 
-def test_bad_rest_inputs_get_clear_errors_and_the_service_keeps_serving(http, pair):
+def test_bad_rest_inputs_get_clear_errors_and_the_service_keeps_serving(http, service, pair):
     image, mask, image_png, mask_png = pair
     for name, kwargs, status, text in rest_bad_cases(image_png, mask_png, image):
         r = http.post("/synthesize", **kwargs)
@@ -204,15 +204,21 @@ def test_bad_rest_inputs_get_clear_errors_and_the_service_keeps_serving(http, pa
             "strength",
         ),
     ]
+    secret = b64(image_png)
+    batch_cases.append(("misspelt field", {"items": [{"imagee": secret, "mask": b64(mask_png)}]}, "image"))
     for name, body, text in batch_cases:
         r = http.post("/synthesize_batch", json=body)
         assert r.status_code == 400, (name, r.text)
         assert text in r.text, (name, r.text)
+        assert secret[:24] not in r.text
     ok = http.post(
         "/synthesize", files=rest_bad_cases(image_png, mask_png, image)[7][1]["files"], data={"steps": "2"}
     )
     assert ok.status_code == 200
     assert "lesionsynth_rejected_requests_total" in http.get("/metrics").text
+    log = service.log_path.read_text(errors="replace")
+    assert "invalid request: items.0.image: Field required" in log
+    assert secret[:24] not in log and "input_value" not in log  # no image bytes in the service log
 
 
 def test_bad_grpc_inputs_get_invalid_argument(stub, pair):
@@ -304,3 +310,47 @@ def test_client_reports_clear_errors_after_retries(service, pair):
     unreachable = SynthesisClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.01)
     with unreachable, pytest.raises(RemoteError, match="cannot connect"):
         unreachable.info()
+
+
+def test_refuses_to_start_without_a_sound_model(tmp_path, tiny_synth):
+    """A missing model or one that fails its sha256 check stops the service at start, saying why."""
+    import shutil
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_synth, corrupt)
+    weights = next(corrupt.joinpath("unet").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    for model, reason in (
+        (str(corrupt), "fails its sha256 check"),
+        ("latest", "no synthesizer model has been published"),
+    ):
+        env = {"LESIONSYNTH_SYNTHESIZER": model, "LESIONSYNTH_MODEL_STORE": str(tmp_path / "empty-store")}
+        svc = ServiceProcess(
+            "services.synthesis.service:SynthesisService", tmp_path / model.replace("/", "_"), env
+        )
+        with pytest.raises(RuntimeError, match="exited") as err:
+            svc.start(timeout=60)
+        assert reason in str(err.value), str(err.value)[-2000:]
+
+
+def test_serves_the_latest_store_version_and_reloads(tmp_path, tiny_synth, demo_manifest):
+    """With LESIONSYNTH_SYNTHESIZER=latest the service follows what jobs publish: /reload, or polling."""
+    from conftest import tiny_settings
+
+    from models.diffusion.train import train_synthesizer
+    from models.store import ModelStore
+
+    store = ModelStore(tmp_path / "store")
+    first = store.publish("synthesizer", tiny_synth)
+    env = {"LESIONSYNTH_SYNTHESIZER": "latest", "LESIONSYNTH_MODEL_STORE": str(store.root)}
+    with ServiceProcess("services.synthesis.service:SynthesisService", tmp_path / "svc", env) as svc:
+        assert httpx.post(svc.url + "/info").json()["model_version"] == first.version
+        other = tmp_path / "other"
+        train_synthesizer(tiny_settings(demo_manifest, other, seed=1, max_steps=4))
+        second = store.publish("synthesizer", other)
+        assert second.version != first.version
+        r = httpx.post(svc.url + "/reload").json()
+        assert r == {"old_version": first.version, "new_version": second.version}
+        assert httpx.post(svc.url + "/info").json()["model_version"] == second.version

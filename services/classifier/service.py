@@ -18,8 +18,11 @@ from services.classifier.settings import ClassifierSettings
 from services.common.auth import BearerAuthMiddleware
 from services.common.errors import ServerErrorDetailMiddleware, rest_errors
 from services.common.limits import RequestSizeLimitMiddleware
+from services.common.model_slot import preflight
 
 SETTINGS = ClassifierSettings.from_env()
+# Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
+preflight("classifier-onnx", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[ClassifyItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
 
 

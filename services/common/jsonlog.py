@@ -31,8 +31,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class RedactValidationInput(logging.Filter):
+    """BentoML logs a request's pydantic ValidationError with its traceback, whose text repeats the
+    offending input (for a batch request: the start of a base64 image). Keep the field and the reason,
+    drop the input."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            reasons = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)
+            )
+            record.msg, record.args = f"invalid request: {reasons}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+#: BentoML's logger of failed requests (bentoml/_internal/server/http_app.py: log_exception).
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
+
+
 def configure(level: str = "INFO") -> None:
-    """Send ``lesionsynth.*`` records to stderr as JSON (idempotent)."""
+    """Send ``lesionsynth.*`` records to stderr as JSON (idempotent); redact inputs from BentoML's
+    validation-error log records."""
+    request_logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
+    if not any(isinstance(f, RedactValidationInput) for f in request_logger.filters):
+        request_logger.addFilter(RedactValidationInput())
     logger = logging.getLogger("lesionsynth")
     if any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
         return

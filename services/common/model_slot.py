@@ -20,6 +20,23 @@ log = logging.getLogger("lesionsynth.services")
 T = TypeVar("T")
 
 
+def preflight(kind: str, ref: str, store_root: str | Path) -> Path:
+    """Resolve ``ref`` and check every file of the model against its card's sha256, or raise
+    ModelFolderError saying why.
+
+    Called when a service module is imported, i.e. by ``bentoml serve`` before it starts any worker: a
+    missing or corrupted model then stops the command with the reason, instead of BentoML restarting a
+    worker that fails in ``__init__`` again and again.
+    """
+    import json
+
+    from models.model_card import CARD_NAME, verify_files
+
+    stored = ModelStore(store_root).resolve(kind, ref)
+    verify_files(stored.path, json.loads((stored.path / CARD_NAME).read_text()))
+    return stored.path
+
+
 class ModelSlot(Generic[T]):
     def __init__(
         self,

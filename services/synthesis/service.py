@@ -18,10 +18,13 @@ from services.common.auth import BearerAuthMiddleware
 from services.common.errors import ServerErrorDetailMiddleware, rest_errors
 from services.common.limits import RequestSizeLimitMiddleware
 from services.common.metrics import REJECTED
+from services.common.model_slot import preflight
 from services.synthesis.schemas import SynthesisInfo, SynthesisItem, SynthesisItemResult
 from services.synthesis.settings import SynthesisSettings
 
 SETTINGS = SynthesisSettings.from_env()
+# Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
+preflight("synthesizer", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[SynthesisItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
 
 
