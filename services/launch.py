@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         from models.demo_models import ensure_demo_models
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         versions = ensure_demo_models(runs / "model-store", runs / "serve-demo")
         print("models in the store:", ", ".join(f"{k} {v}" for k, v in versions.items()))
 
