@@ -204,3 +204,25 @@ def test_triton_backend_gives_the_same_scores_and_says_when_triton_is_down(
             triton.start()
             again = rest_scores(via_triton.url, images[:2])
             np.testing.assert_allclose([r["probability"] for r in again], expected[:2], atol=1e-5)
+
+
+def test_the_classifier_service_runs_without_torch(serving_classifier):
+    """Its image carries onnxruntime / tritonclient, not torch: the service and its handler must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from services.classifier.settings import ClassifierSettings\n"
+        "from services.classifier.handler import ClassifierHandler\n"
+        "import services.classifier.service, services.classifier.grpc_servicer\n"
+        "handler = ClassifierHandler(ClassifierSettings.from_env())\n"
+        "assert handler.info()['backend'] == 'onnxruntime'\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'diffusers') if m in sys.modules))\n"
+    )
+    env = {**__import__("os").environ, "LESIONSYNTH_CLASSIFIER": str(serving_classifier)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -14,7 +14,7 @@ from models.errors import LesionsynthError
 from services.classifier.handler import parse_image
 from services.common.errors import request_error_slot
 from services.common.metrics import REJECTED
-from services.synthesis.schemas import b64
+from services.common.payloads import b64
 
 
 class ClassifyItem(BaseModel):

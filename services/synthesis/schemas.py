@@ -6,23 +6,14 @@ merges requests: one client's bad image is that client's 400 and never fails ano
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from models.data.images import max_pixels_from_env
 from models.diffusion.inpaint import MAX_SEED, MAX_STEPS
 from models.errors import LesionsynthError
 from services.common.metrics import REJECTED
+from services.common.payloads import b64
 from services.synthesis.handler import SynthesisTask, parse_task
-
-
-def b64(field: str, value: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{field} is not valid base64") from None
 
 
 class SynthesisItem(BaseModel):
