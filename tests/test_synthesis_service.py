@@ -180,6 +180,47 @@ def rest_bad_cases(image_png: bytes, mask_png: bytes, image: np.ndarray):
         ("negative seed", dict(files=f(), data={"seed": "-1"}), 400, "seed"),
         ("seed not a number", dict(files=f(), data={"seed": "abc"}), 400, "seed"),
         ("body over the byte limit", dict(files=f(i=b"\0" * (MAX_BYTES + 10))), 413, "over the limit"),
+        (
+            "multipart without a boundary",
+            dict(content=b"x", headers={"content-type": "multipart/form-data"}),
+            400,
+            "without a boundary",
+        ),
+        (
+            "malformed multipart part",
+            dict(
+                content=b"--b\r\ngarbage--b--\r\n",
+                headers={"content-type": "multipart/form-data; boundary=b"},
+            ),
+            400,
+            "",
+        ),
+        (
+            "an image given as a URL",
+            dict(
+                data={"image": "http://example.org/x.png"}, files={"mask": ("m.png", mask_png, "image/png")}
+            ),
+            400,
+            "URLs are not accepted",
+        ),
+        (
+            "a whole body that is a URL",
+            dict(content=b'"https://example.org/x.png"'),
+            400,
+            "URLs are not accepted",
+        ),
+        (
+            "pickle",
+            dict(content=b"x", headers={"content-type": "application/vnd.bentoml+pickle"}),
+            415,
+            "unsupported content type",
+        ),
+        (
+            "plain text",
+            dict(content=b"x", headers={"content-type": "text/plain"}),
+            415,
+            "unsupported content type",
+        ),
     ]
 
 

@@ -19,6 +19,7 @@ from services.common.auth import BearerAuthMiddleware
 from services.common.errors import ServerErrorDetailMiddleware, rest_errors
 from services.common.limits import RequestSizeLimitMiddleware
 from services.common.model_slot import preflight
+from services.common.request_guard import RequestGuardMiddleware
 
 SETTINGS = ClassifierSettings.from_env()
 # Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
@@ -94,6 +95,8 @@ class ClassifierService:
         self.handler.close()
 
 
+# Outermost first: size limit, auth, malformed/unsafe requests, 5xx detail.
 ClassifierService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=SETTINGS.common.max_request_bytes)
 ClassifierService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
+ClassifierService.add_asgi_middleware(RequestGuardMiddleware)
 ClassifierService.add_asgi_middleware(ServerErrorDetailMiddleware)

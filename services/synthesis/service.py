@@ -19,6 +19,7 @@ from services.common.errors import ServerErrorDetailMiddleware, rest_errors
 from services.common.limits import RequestSizeLimitMiddleware
 from services.common.metrics import REJECTED
 from services.common.model_slot import preflight
+from services.common.request_guard import RequestGuardMiddleware
 from services.synthesis.schemas import SynthesisInfo, SynthesisItem, SynthesisItemResult
 from services.synthesis.settings import SynthesisSettings
 
@@ -113,6 +114,8 @@ class SynthesisService:
         self.handler.close()
 
 
+# Outermost first: size limit, auth, malformed/unsafe requests, 5xx detail.
 SynthesisService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=SETTINGS.common.max_request_bytes)
 SynthesisService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
+SynthesisService.add_asgi_middleware(RequestGuardMiddleware)
 SynthesisService.add_asgi_middleware(ServerErrorDetailMiddleware)

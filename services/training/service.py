@@ -16,6 +16,7 @@ from pydantic import Field
 from services.common.auth import BearerAuthMiddleware
 from services.common.errors import ServerErrorDetailMiddleware, rest_errors
 from services.common.limits import RequestSizeLimitMiddleware
+from services.common.request_guard import RequestGuardMiddleware
 from services.training.schemas import Job, JobLogs, JobStateName, JobTypeInfo
 from services.training.settings import TrainingSettings
 
@@ -93,6 +94,8 @@ class TrainingService:
         self.scheduler.stop()
 
 
+# Outermost first: size limit, auth, malformed/unsafe requests, 5xx detail.
 TrainingService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=1024 * 1024)
 TrainingService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
+TrainingService.add_asgi_middleware(RequestGuardMiddleware)
 TrainingService.add_asgi_middleware(ServerErrorDetailMiddleware)
