@@ -37,7 +37,7 @@ class GrpcServer:
         ]
         # Auth first: a refused call is not timed as the method.
         interceptors = [BearerAuthInterceptor(settings.api_token)] if settings.api_token else []
-        interceptors.append(MetricsInterceptor(service))
+        interceptors += [MetricsInterceptor(service), MalformedMessageInterceptor()]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="grpc"),
             options=options,
@@ -117,4 +117,55 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
             )
+        return handler
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse; the method answers INVALID_ARGUMENT."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class MalformedMessageInterceptor(grpc.ServerInterceptor):
+    """grpcio answers INTERNAL ("Exception deserializing request!") to bytes that are not the method's
+    request message: a client's mistake reported as a server fault. Found by fuzzing (issue 6); here it is
+    INVALID_ARGUMENT naming the expected message type."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        method = handler_call_details.method
+
+        def deserialize(data: bytes):
+            try:
+                return parse(data)
+            except Exception as exc:  # protobuf's DecodeError and friends
+                return _Malformed(exc)
+
+        def check(request, context) -> None:
+            if isinstance(request, _Malformed):
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"malformed request: the bytes are not a valid request message of {method}",
+                )
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            def unary(request, context):
+                check(request, context)
+                return inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, deserialize, handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            def stream(request, context):
+                check(request, context)
+                yield from inner_stream(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(stream, deserialize, handler.response_serializer)
         return handler

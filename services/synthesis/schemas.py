@@ -21,7 +21,11 @@ class SynthesisItem(BaseModel):
     mask: str = Field(description="Mask of the same size, base64; pixels > 127 are inside.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Unset: drawn by the server and returned.")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="DDIM steps; unset: the default.")
-    strength: float | None = Field(None, gt=0.0, le=1.0, description="Start noise level; unset: the default.")
+    # ge, not gt: BentoML writes OpenAPI 3.0, where a numeric exclusiveMinimum is invalid (schemathesis
+    # refused the schema); 0 itself is refused by parse_task with "strength must be in (0, 1]".
+    strength: float | None = Field(
+        None, ge=0.0, le=1.0, description="Start noise level in (0, 1]; unset: the default."
+    )
     _task: SynthesisTask | None = PrivateAttr(None)
 
     @model_validator(mode="after")
