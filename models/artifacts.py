@@ -10,13 +10,53 @@ rely on this: "the file exists" means "the file is complete").
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from models.errors import StorageError
+
+#: Write failures that are the storage's, not the program's: reported as StorageError, which says so.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+@contextlib.contextmanager
+def storage_guard(what: str, cleanup: Path | None = None) -> Iterator[None]:
+    """Turn a storage failure inside the block into StorageError (and remove ``cleanup``, a temp folder).
+
+    Covers OSError and libraries that report the OS error in their message (safetensors: "I/O error:
+    File too large (os error 27)").
+    """
+    try:
+        yield
+    except Exception as exc:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code is None and (found := re.search(r"os error (\d+)", str(exc))):
+            code = int(found.group(1))
+        if code in STORAGE_ERRNOS:
+            raise storage_error(OSError(code, os.strerror(code)), what) from exc
+        raise
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """A StorageError for ``exc`` (one of STORAGE_ERRNOS) while writing ``what``."""
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large for the filesystem or a size limit",
+        errno.EROFS: "the filesystem is read-only",
+        errno.EIO: "an I/O error",
+    }.get(exc.errno, exc.strerror)
+    return StorageError(f"cannot write {what}: {reason}; nothing partial was kept, free space and retry")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -43,9 +83,11 @@ def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            raise storage_error(exc, path.name) from exc
         raise
     _fsync_dir(path.parent)
 

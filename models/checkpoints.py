@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.artifacts import atomic_write_json
+from models.artifacts import atomic_write_json, storage_guard
 from models.errors import ConfigError
 
 _NAME = re.compile(r"^step-(\d{6,})$")
@@ -66,14 +66,17 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for group, values in tensors.items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, tmp / f"{group}.safetensors")
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    save_file({"state": generator.get_state()}, tmp / "rng.safetensors")
-    atomic_write_json(
-        tmp / "state.json", {"step": step, "groups": sorted(tensors), "optimizer": opt_meta, **state}
-    )
+    with storage_guard(f"checkpoint step {step}", cleanup=tmp):
+        for group, values in tensors.items():
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in values.items()}, tmp / f"{group}.safetensors"
+            )
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        save_file({"state": generator.get_state()}, tmp / "rng.safetensors")
+        atomic_write_json(
+            tmp / "state.json", {"step": step, "groups": sorted(tensors), "optimizer": opt_meta, **state}
+        )
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -49,3 +49,7 @@ class BackendUnavailable(LesionsynthError):
 
 class NotFoundError(LesionsynthError):
     """A job, model version or other named thing that does not exist (REST 404, gRPC NOT_FOUND)."""
+
+
+class StorageError(LesionsynthError):
+    """A write failed for the storage's reason (disk full, quota, read-only, I/O error); nothing partial kept."""

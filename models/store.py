@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from models.artifacts import atomic_write_text, sha256_file
+from models.artifacts import STORAGE_ERRNOS, atomic_write_text, sha256_file, storage_error
 from models.errors import ModelFolderError, ParameterError
 from models.model_card import CARD_NAME
 
@@ -149,9 +149,13 @@ class ModelStore:
                     shutil.rmtree(entry, ignore_errors=True)
             fcntl.flock(lock_fd, fcntl.LOCK_SH)
             self._publish_locked(kind, folder, card, target)
+            self._set_latest(kind, version)
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise storage_error(exc, f"{kind} {version} into the model store {self.root}") from exc
+            raise
         finally:
             os.close(lock_fd)
-        self._set_latest(kind, version)
         return self._stored(kind, target)
 
     def _publish_locked(self, kind: str, folder: Path, card: dict, target: Path) -> None:

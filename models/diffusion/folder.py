@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from models.artifacts import storage_guard
 from models.diffusion.config import SynthesizerConfig
 from models.errors import ModelFolderError
 from models.model_card import CARD_NAME, verify_files, write_card
@@ -48,7 +49,8 @@ def write_synthesizer(
     (out / CARD_NAME).unlink(missing_ok=True)
     staging = out / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
+    with storage_guard("the synthesizer folder", cleanup=staging):
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
     for name in ("unet", "scheduler", "model_index.json"):
         target = out / name
         if target.is_dir():

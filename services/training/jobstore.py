@@ -135,7 +135,9 @@ class JobStore:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
+            # FULL, not WAL's usual NORMAL: an acknowledged submission must survive a power loss, not only
+            # a killed process; job writes are a few per second at most, so the fsync per commit is cheap.
+            db.execute("PRAGMA synchronous = FULL")
             self._local.db = db
         return db
 
