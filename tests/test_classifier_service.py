@@ -201,6 +201,14 @@ def test_triton_backend_gives_the_same_scores_and_says_when_triton_is_down(
             )
             assert r.status_code == 503 and "Triton at" in r.text
 
+            # Falling back to embedded ONNX Runtime is a setting, never a silent switch.
+            fallback_env = {**env, "LESIONSYNTH_FALLBACK_TO_ONNXRUNTIME": "true"}
+            with ServiceProcess(TARGET, work / "fallback", fallback_env) as with_fallback:
+                got = rest_scores(with_fallback.url, images[:2])
+                np.testing.assert_allclose([r["probability"] for r in got], expected[:2], atol=1e-5)
+                metrics = httpx.get(with_fallback.url + "/metrics").text
+                assert 'lesionsynth_classifier_backend_unavailable_total{backend="triton"}' in metrics
+
             triton.start()
             again = rest_scores(via_triton.url, images[:2])
             np.testing.assert_allclose([r["probability"] for r in again], expected[:2], atol=1e-5)
