@@ -30,14 +30,13 @@ class TrainingService:
         from services.common import jsonlog
         from services.common.grpc_server import GrpcServer
         from services.training import grpc_servicer
+        from services.training.k8s_executor import build_scheduler
         from services.training.metrics import JobMetrics
-        from services.training.scheduler import JobScheduler
 
         jsonlog.configure()
         roots = JobRoots(SETTINGS.data_roots, SETTINGS.output_root)
-        self.scheduler = JobScheduler.local(
-            SETTINGS.jobs_dir, roots, SETTINGS.model_store, max_concurrent=SETTINGS.max_concurrent_jobs
-        )
+        # LESIONSYNTH_EXECUTOR: local job processes, or Kubernetes Jobs (k8s_executor.py).
+        self.scheduler = build_scheduler(SETTINGS, roots)
         self.scheduler.start()
         self.metrics = JobMetrics(self.scheduler.store, JOB_TYPES).start()
         self.grpc = GrpcServer(

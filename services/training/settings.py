@@ -54,7 +54,9 @@ class KubernetesSettings:
         parallelism = env_int("K8S_PARALLELISM", 0, minimum=0, maximum=10_000)
         pull = env_str("K8S_IMAGE_PULL_POLICY", "IfNotPresent")
         if pull not in ("Always", "IfNotPresent", "Never"):
-            raise ConfigError(f"{PREFIX}K8S_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, got {pull!r}")
+            raise ConfigError(
+                f"{PREFIX}K8S_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, got {pull!r}"
+            )
         return cls(
             namespace=env_str("K8S_NAMESPACE") or pod_namespace(),
             image=image,
