@@ -7,7 +7,8 @@ User classes (pick one per run; `python -m loadtests.run_load` runs them all and
   SynthesisRestUser, SynthesisGrpcUser        image + mask -> synthetic lesion (--synthesis-steps)
   ClassifierRestUser, ClassifierBatchRestUser, ClassifierGrpcUser
   TrainingRestUser, TrainingGrpcUser          list/get jobs and job types (reads; jobs are not load)
-Sample images: PH2 (../shared/data/ph2, 256 px) when present, else the demo data made for `make serve`.
+Sample images: LESIONSYNTH_LOADTEST_MANIFEST if set, else PH2 (../shared/data/ph2, 256 px) when present,
+else the demo data made for `make serve`.
 Token: LESIONSYNTH_API_TOKEN, when the services require one.
 """
 
@@ -61,7 +62,8 @@ def samples(count: int) -> list[tuple[bytes, bytes]]:
     from models.data.images import encode_png
     from models.data.manifest import load_manifest
 
-    for path in SAMPLE_MANIFESTS:
+    chosen = os.environ.get("LESIONSYNTH_LOADTEST_MANIFEST")
+    for path in [Path(chosen)] if chosen else SAMPLE_MANIFESTS:
         if path.is_file():
             rows = load_manifest(path, check_files=False).rows[:count]
             pairs = []

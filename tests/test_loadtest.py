@@ -1,0 +1,43 @@
+"""The short load test CI runs (the long one: `make loadtest`, docs/loadtest.md): locust, headless, a few
+users for a few seconds per scenario against real services; no failures."""
+
+from __future__ import annotations
+
+import pytest
+from service_process import ServiceProcess
+
+from loadtests.run_load import SCENARIOS, run_scenario
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.mark.parametrize("service", ["synthesis", "classifier"])
+def test_locust_scenarios_run_without_failures(
+    service, tmp_path, tiny_synth, serving_classifier, demo_manifest, monkeypatch
+):
+    monkeypatch.setenv("LESIONSYNTH_LOADTEST_MANIFEST", str(demo_manifest))
+    target, env = {
+        "synthesis": (
+            "services.synthesis.service:SynthesisService",
+            {"LESIONSYNTH_SYNTHESIZER": str(tiny_synth)},
+        ),
+        "classifier": (
+            "services.classifier.service:ClassifierService",
+            {"LESIONSYNTH_CLASSIFIER": str(serving_classifier)},
+        ),
+    }[service]
+    env["LESIONSYNTH_MODEL_STORE"] = str(tmp_path / "store")
+    with ServiceProcess(target, tmp_path / "svc", env) as svc:
+        for scenario in [s for s in SCENARIOS if s.service == service]:
+            row = run_scenario(
+                scenario,
+                svc.url,
+                svc.grpc_target,
+                users=3,
+                spawn_rate=3,
+                duration=4,
+                csv_prefix=tmp_path / scenario.name,
+                synthesis_steps=2,
+            )
+            assert row["requests"] > 0 and row["failures"] == 0, row
+            assert row["p50_ms"] > 0
