@@ -1,0 +1,77 @@
+# lesionsynth-classifier, CPU variant: Pillow preprocessing + embedded ONNX Runtime (CPU), or a Triton
+# server when TRITON_URL is set. No torch / torchvision / diffusers (the service never imports them).
+#
+#   docker buildx build -f deploy/docker/classifier.Dockerfile -t REGISTRY/lesionsynth-classifier:0.1.0 .
+#
+# Build context = repo root (.dockerignore). Contract (paths, uid, env, ports): docs/deploy_conventions.md.
+# One Dockerfile per service and variant (not one file with a build ARG): the variants differ in base image,
+# Python install and requirements file, and each file stays readable top to bottom.
+
+# ---- builder: the locked environment in a venv at its final path (/app/.venv) ----------------------------
+FROM python:3.11.18-slim-bookworm AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /app/.venv \
+    && /app/.venv/bin/pip install pip==26.3
+COPY deploy/docker/requirements/classifier-cpu.txt /tmp/requirements.txt
+# The file is the whole environment (transitive pins included): --no-deps installs exactly it and
+# `pip check` proves it is complete and consistent.
+RUN /app/.venv/bin/pip install --no-deps -r /tmp/requirements.txt \
+    && /app/.venv/bin/pip check
+# The app without its declared dependencies (they name torch, which this image must not carry); the
+# build backend is the pinned setuptools from the file above.
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY services ./services
+RUN /app/.venv/bin/pip install --no-deps --no-build-isolation .
+
+# ---- runtime ----------------------------------------------------------------------------------------------
+FROM python:3.11.18-slim-bookworm
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+ARG BUILD_DATE=unknown
+LABEL org.opencontainers.image.title="lesionsynth-classifier" \
+      org.opencontainers.image.description="lesionsynth screening classifier service (BentoML REST :3001 + gRPC :50052), CPU: ONNX Runtime or Triton" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.created="${BUILD_DATE}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="lesionsynth" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11.18-slim-bookworm"
+
+RUN groupadd --system --gid 10001 lesionsynth \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+       --shell /usr/sbin/nologin lesionsynth
+
+# Read-only root filesystem: everything written at run time goes to /tmp (an emptyDir in Kubernetes,
+# `--tmpfs /tmp` with docker run --read-only). No secret here: LESIONSYNTH_API_TOKEN comes from the Secret.
+ENV PATH=/app/.venv/bin:$PATH \
+    VIRTUAL_ENV=/app/.venv \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HOME=/tmp \
+    BENTOML_HOME=/tmp/bentoml \
+    BENTOML_DO_NOT_TRACK=True \
+    MPLCONFIGDIR=/tmp/mpl \
+    HF_HUB_OFFLINE=1 \
+    LESIONSYNTH_HOST=0.0.0.0 \
+    LESIONSYNTH_GRPC_PORT=50052 \
+    LESIONSYNTH_MODEL_STORE=/data/model-store \
+    LESIONSYNTH_CLASSIFIER=latest
+
+WORKDIR /app
+COPY --from=builder /app/.venv /app/.venv
+COPY proto ./proto
+COPY models ./models
+COPY services ./services
+# Bytecode compiled at build time: nothing needs to be written next to the sources at run time.
+RUN python -m compileall -q /app/models /app/services
+
+USER 10001:10001
+EXPOSE 3001 50052
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:3001/livez', timeout=4).status != 200)"]
+CMD ["bentoml", "serve", "services.classifier.service:ClassifierService", "--host", "0.0.0.0", "--port", "3001"]
