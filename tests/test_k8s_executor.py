@@ -311,6 +311,7 @@ def test_job_structure(cluster_paths_executor):
             assert spec["backoffLimit"] == 0 and spec["completions"] == 1 and "completionMode" not in spec
         assert spec["activeDeadlineSeconds"] == 3 * 24 * 3600 and spec["ttlSecondsAfterFinished"] == 86400
         assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == "lesionsynth-training-job"  # deploy/k8s/base/serviceaccounts.yaml
         assert spec["podFailurePolicy"]["rules"][0]["action"] == "Ignore"  # node drain / preemption only
         for labels in (meta["labels"], spec["template"]["metadata"]["labels"]):
             assert labels["app.kubernetes.io/part-of"] == "lesionsynth"

@@ -103,6 +103,7 @@ log = logging.getLogger("lesionsynth.training.k8s")
 
 PART_OF = "app.kubernetes.io/part-of"
 COMPONENT = "app.kubernetes.io/component"
+JOB_SERVICE_ACCOUNT = "lesionsynth-training-job"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 JOB_ID_LABEL = "lesionsynth.io/job-id"
 JOB_TYPE_LABEL = "lesionsynth.io/job-type"
@@ -423,7 +424,10 @@ class KubernetesExecutor:
             restart_policy="Never",
             containers=[container],
             volumes=volumes,
-            automount_service_account_token=False,  # the job pods never call the Kubernetes API
+            # Its own ServiceAccount (deploy/k8s/base/serviceaccounts.yaml), with no token and no Role: the
+            # job pods never call the Kubernetes API.
+            service_account_name=JOB_SERVICE_ACCOUNT,
+            automount_service_account_token=False,
             enable_service_links=False,
             termination_grace_period_seconds=30,
             security_context=client.V1PodSecurityContext(
