@@ -27,7 +27,9 @@ preflight("classifier-onnx", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[ClassifyItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
 
 
-@bentoml.service(name="lesionsynth-classifier", traffic={"timeout": 60})
+@bentoml.service(
+    name="lesionsynth-classifier", traffic={"timeout": 60, "max_concurrency": SETTINGS.common.max_concurrency}
+)
 class ClassifierService:
     def __init__(self) -> None:
         from services.classifier import grpc_servicer

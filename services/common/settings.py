@@ -69,6 +69,9 @@ class CommonSettings:
     max_pixels: int
     max_batch_items: int
     grpc_workers: int
+    #: REST requests in flight per service; beyond it BentoML answers 429 (clients retry). Bounds the
+    #: memory held by decoded images waiting for a batch.
+    max_concurrency: int
 
     @classmethod
     def from_env(cls, default_grpc_port: int) -> CommonSettings:
@@ -83,4 +86,5 @@ class CommonSettings:
             max_pixels=env_int("MAX_PIXELS", DEFAULT_MAX_PIXELS, minimum=1),
             max_batch_items=env_int("MAX_BATCH_ITEMS", 32, minimum=1),
             grpc_workers=env_int("GRPC_WORKERS", 8, minimum=1),
+            max_concurrency=env_int("MAX_CONCURRENCY", 64, minimum=1),
         )

@@ -29,7 +29,9 @@ preflight("synthesizer", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[SynthesisItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
 
 
-@bentoml.service(name="lesionsynth-synthesis", traffic={"timeout": 600})
+@bentoml.service(
+    name="lesionsynth-synthesis", traffic={"timeout": 600, "max_concurrency": SETTINGS.common.max_concurrency}
+)
 class SynthesisService:
     def __init__(self) -> None:
         from services.common import jsonlog

@@ -23,7 +23,9 @@ from services.training.settings import TrainingSettings
 SETTINGS = TrainingSettings.from_env()
 
 
-@bentoml.service(name="lesionsynth-training", traffic={"timeout": 60})
+@bentoml.service(
+    name="lesionsynth-training", traffic={"timeout": 60, "max_concurrency": SETTINGS.common.max_concurrency}
+)
 class TrainingService:
     def __init__(self) -> None:
         from models.jobs import JOB_TYPES, JobRoots
