@@ -21,7 +21,10 @@ class ClassifierSettings:
     triton_timeout_s: float
     #: With Triton down: answer from embedded ONNX Runtime (True) or 503 / UNAVAILABLE (False, the default).
     fallback_to_onnxruntime: bool
-    #: ONNX Runtime intra-op threads; 0 = its default (all cores).
+    #: BentoML worker threads for the sync REST APIs (BentoML's default is 1: one request at a time).
+    threads: int
+    #: ONNX Runtime intra-op threads; 0 = its default (all cores). Default 1 when ``threads`` > 1: several
+    #: single-threaded inferences at once beat one multi-threaded one on a busy CPU (docs/PERFORMANCE.md).
     ort_threads: int
     max_batch_size: int
     max_latency_ms: int
@@ -38,7 +41,8 @@ class ClassifierSettings:
             triton_model=env_str("TRITON_MODEL"),
             triton_timeout_s=env_float("TRITON_TIMEOUT_S", 10.0, minimum=0.1),
             fallback_to_onnxruntime=env_bool("FALLBACK_TO_ONNXRUNTIME", False),
-            ort_threads=env_int("ORT_THREADS", 0),
+            threads=(threads := env_int("CLASSIFIER_THREADS", 4, minimum=1, maximum=256)),
+            ort_threads=env_int("ORT_THREADS", 1 if threads > 1 else 0),
             max_batch_size=env_int("CLASSIFIER_MAX_BATCH_SIZE", 64, minimum=2),
             max_latency_ms=env_int("CLASSIFIER_MAX_LATENCY_MS", 10_000, minimum=10),
             reload_interval_s=env_float("RELOAD_INTERVAL_S", 0.0),
