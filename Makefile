@@ -70,6 +70,25 @@ bench: setup
 	$(PY) -m loadtests.benchmarks.synthesis_vs_repaint
 	$(PY) -m loadtests.benchmarks.design_choices
 
+# Services vs in-process (issue 4, section 8): classifier at 16 clients vs raw onnxruntime (and via a real
+# Triton from .venv-triton when present), synthesis service vs the in-process sampler. ~7-10 min on 2 cores;
+# writes docs/benchmarks/services.json|md (summary and how to read it: docs/PERFORMANCE.md).
+.PHONY: bench-services
+bench-services: setup
+	$(PY) -m loadtests.benchmarks.services
+
+# Issue 6, the long runs (CI runs short versions inside `make test`). Each uses the services of
+# `make serve` when they answer on the default ports, else starts them, and writes its figures to docs/.
+.PHONY: loadtest soak fuzz
+loadtest: setup   # every locust scenario, 16 users x 60 s -> docs/loadtest.md + docs/loadtest/*.csv
+	$(PY) -m loadtests.run_load
+soak: setup       # 10 min steady load, RSS per process -> docs/soak.md|json|png
+	$(PY) -m loadtests.soak
+fuzz: setup       # schemathesis (1,000+ cases per service) + gRPC fuzz -> docs/fuzz.md|json
+	@for port in 3000 3001 3002; do curl -sf -o /dev/null http://127.0.0.1:$$port/readyz || \
+	  { echo "start the services first (make serve) or pass --*-url"; exit 1; }; done
+	$(PY) -m loadtests.fuzz
+
 # The three services on 127.0.0.1 (ports in README.md); trains demo models into runs/model-store first
 # when the store has none (~4 min on 2 cores, once).
 serve: setup
