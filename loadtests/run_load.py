@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(r["failures"] == 0 for r in rows) else 1
     finally:
         if launcher is not None:
-            os.killpg(launcher.pid, signal.SIGINT)
-            launcher.wait(60)
+            os.killpg(launcher.pid, signal.SIGTERM)
+            launcher.wait(120)
 
 
 if __name__ == "__main__":

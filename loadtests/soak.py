@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
                         row[f"{name}:{p.pid}"] = None
             samples.append(row)
             time.sleep(args.interval)
+        return report(samples, workdir, args, duration)  # written before the services are stopped
     finally:
         for r in runs.values():
             if r.poll() is None:
                 r.terminate()
         if launcher is not None:
-            os.killpg(launcher.pid, signal.SIGINT)
-            launcher.wait(60)
-    return report(samples, workdir, args, duration)
+            os.killpg(launcher.pid, signal.SIGTERM)
+            launcher.wait(120)
 
 
 def report(samples: list[dict], workdir: Path, args, duration: int) -> int:

@@ -11,6 +11,7 @@ all three; if one dies, the others are stopped and its log tail is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -55,15 +56,24 @@ def start(name: str, target: str, rest: int, grpc_port: int, runs: Path) -> subp
     )
 
 
-def stop(procs: dict[str, subprocess.Popen]) -> None:
+def stop(procs: dict[str, subprocess.Popen], grace_s: float = 20.0) -> None:
+    """SIGTERM every service at once, then SIGKILL whatever is left of their process trees after
+    ``grace_s`` (BentoML's workers are not in the supervisor's process group)."""
+    import psutil
+
+    tree: list[psutil.Process] = []
     for proc in procs.values():
         if proc.poll() is None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(proc.pid)
+                tree += [root, *root.children(recursive=True)]
             os.killpg(proc.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
     for proc in procs.values():
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -97,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         rest, grpc_port = port(name, "REST", rest_default), port(name, "GRPC", grpc_default)
         procs[name] = start(name, target, rest, grpc_port, runs)
         urls[name] = (f"http://127.0.0.1:{rest}", f"127.0.0.1:{grpc_port}")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Both signals stop everything. Installed explicitly: a launcher started in the background by a
+    # non-interactive shell inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         pending = set(procs)
         deadline = time.monotonic() + 180

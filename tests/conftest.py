@@ -128,3 +128,15 @@ def png_bytes(array: np.ndarray) -> bytes:
     from models.data.images import encode_png
 
     return encode_png(array)
+
+
+def triton_helpers():
+    """tests/triton/server.py (a real Triton via PyTriton), loaded by path: a ``tests/triton`` package
+    would shadow the ``triton`` package torch depends on."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "triton" / "server.py"
+    spec = importlib.util.spec_from_file_location("lesionsynth_tests_triton_server", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

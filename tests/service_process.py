@@ -18,6 +18,29 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+TARGETS = {
+    "synthesis": "services.synthesis.service:SynthesisService",
+    "classifier": "services.classifier.service:ClassifierService",
+    "training": "services.training.service:TrainingService",
+}
+
+
+def model_env(name: str, tmp: Path, synthesizer: Path, serving_classifier: Path) -> dict[str, str]:
+    """The environment that points service ``name`` at test models (or, for training, test folders)."""
+    env = {"LESIONSYNTH_MODEL_STORE": str(tmp / "store")}
+    if name == "synthesis":
+        env["LESIONSYNTH_SYNTHESIZER"] = str(synthesizer)
+    elif name == "classifier":
+        env["LESIONSYNTH_CLASSIFIER"] = str(serving_classifier)
+    else:
+        env.update(
+            LESIONSYNTH_DATA_ROOTS=str(tmp / "data"),
+            LESIONSYNTH_OUTPUT_ROOT=str(tmp / "out"),
+            LESIONSYNTH_JOBS_DIR=str(tmp / "jobs"),
+        )
+    return env
+
+
 BENTOML = Path(sys.executable).with_name("bentoml")
 
 

@@ -5,14 +5,13 @@ Runtime backend and the Triton backend (a real Triton server via PyTriton) givin
 from __future__ import annotations
 
 import base64
-import importlib.util
 from pathlib import Path
 
 import grpc
 import httpx
 import numpy as np
 import pytest
-from conftest import png_bytes, rgb
+from conftest import png_bytes, rgb, triton_helpers
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_process import ServiceProcess
 
@@ -27,15 +26,6 @@ TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GRPC_AUTH = (("authorization", f"Bearer {TOKEN}"),)
 TARGET = "services.classifier.service:ClassifierService"
-
-
-def triton_helpers():
-    # By path: `tests/triton` must not shadow the `triton` package torch depends on.
-    path = Path(__file__).resolve().parent / "triton" / "server.py"
-    spec = importlib.util.spec_from_file_location("lesionsynth_tests_triton_server", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def env_for(serving_classifier: Path, work: Path, **extra) -> dict:

@@ -12,7 +12,6 @@ from tritonclient.grpc import model_config_pb2
 from models.classifier.config import ClassifierConfig
 from models.classifier.folder import load_classifier
 from models.classifier.predict import predict_images
-from models.classifier.train import ClassifierTrainSettings, train_classifier
 from models.data.manifest import load_manifest
 from models.errors import ConfigError
 from models.export.onnx import ExportError, export_onnx
@@ -20,21 +19,8 @@ from models.export.triton import config_pbtxt, export_triton
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, demo_manifest):
-    out = tmp_path_factory.mktemp("clf") / "model"
-    train_classifier(
-        ClassifierTrainSettings(
-            manifest=demo_manifest,
-            positive_label="lesion",
-            out=out,
-            config=ClassifierConfig("resnet18", 32),
-            epochs=1,
-            batch_size=16,
-            progress=False,
-            device="cpu",
-        )
-    )
-    return out
+def classifier(tiny_classifier):
+    return tiny_classifier
 
 
 def test_onnx_matches_torch_and_the_service_preprocessing(tmp_path, classifier, demo_manifest):

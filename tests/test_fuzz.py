@@ -4,7 +4,7 @@ OpenAPI and malformed/oversized/random gRPC messages; no 5xx, no INTERNAL, still
 from __future__ import annotations
 
 import pytest
-from service_process import ServiceProcess
+from service_process import TARGETS, ServiceProcess, model_env
 
 from loadtests.fuzz import fuzz_grpc, fuzz_rest
 
@@ -15,28 +15,10 @@ MAX_BYTES = 1024 * 1024
 @pytest.mark.parametrize("name", ["synthesis", "classifier", "training"])
 def test_fuzz_finds_no_server_errors(name, tmp_path, tiny_synth, serving_classifier):
     env = {
+        **model_env(name, tmp_path, tiny_synth, serving_classifier),
         "LESIONSYNTH_MAX_REQUEST_BYTES": str(MAX_BYTES),
-        "LESIONSYNTH_MODEL_STORE": str(tmp_path / "store"),
     }
-    target = {
-        "synthesis": (
-            "services.synthesis.service:SynthesisService",
-            {"LESIONSYNTH_SYNTHESIZER": str(tiny_synth)},
-        ),
-        "classifier": (
-            "services.classifier.service:ClassifierService",
-            {"LESIONSYNTH_CLASSIFIER": str(serving_classifier)},
-        ),
-        "training": (
-            "services.training.service:TrainingService",
-            {
-                "LESIONSYNTH_DATA_ROOTS": str(tmp_path / "data"),
-                "LESIONSYNTH_OUTPUT_ROOT": str(tmp_path / "out"),
-                "LESIONSYNTH_JOBS_DIR": str(tmp_path / "jobs"),
-            },
-        ),
-    }[name]
-    with ServiceProcess(target[0], tmp_path / "svc", {**env, **target[1]}) as svc:
+    with ServiceProcess(TARGETS[name], tmp_path / "svc", env) as svc:
         rest = fuzz_rest(svc.url, examples=5)
         assert rest["cases"] >= 50 and rest["failures"] == 0 and rest["exit_code"] == 0, rest["tail"]
         grpc_result = fuzz_grpc(svc.grpc_target, name, cases=150, max_bytes=MAX_BYTES)

@@ -4,7 +4,7 @@ users for a few seconds per scenario against real services; no failures."""
 from __future__ import annotations
 
 import pytest
-from service_process import ServiceProcess
+from service_process import TARGETS, ServiceProcess, model_env
 
 from loadtests.run_load import SCENARIOS, run_scenario
 
@@ -16,18 +16,8 @@ def test_locust_scenarios_run_without_failures(
     service, tmp_path, tiny_synth, serving_classifier, demo_manifest, monkeypatch
 ):
     monkeypatch.setenv("LESIONSYNTH_LOADTEST_MANIFEST", str(demo_manifest))
-    target, env = {
-        "synthesis": (
-            "services.synthesis.service:SynthesisService",
-            {"LESIONSYNTH_SYNTHESIZER": str(tiny_synth)},
-        ),
-        "classifier": (
-            "services.classifier.service:ClassifierService",
-            {"LESIONSYNTH_CLASSIFIER": str(serving_classifier)},
-        ),
-    }[service]
-    env["LESIONSYNTH_MODEL_STORE"] = str(tmp_path / "store")
-    with ServiceProcess(target, tmp_path / "svc", env) as svc:
+    env = model_env(service, tmp_path, tiny_synth, serving_classifier)
+    with ServiceProcess(TARGETS[service], tmp_path / "svc", env) as svc:
         for scenario in [s for s in SCENARIOS if s.service == service]:
             row = run_scenario(
                 scenario,

@@ -7,11 +7,11 @@ backend object answers again without being rebuilt.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import triton_helpers
 
 from models.classifier.triton_backend import TritonBackend
 from models.errors import BackendUnavailable
@@ -23,17 +23,7 @@ pytestmark = pytest.mark.timeout(300)
 SIZE = 32
 
 
-def _load_server_helpers():
-    # Loaded by path: a `triton` import would find OpenAI's triton package (a torch dependency), and
-    # tests/triton must not become a package that shadows it.
-    path = Path(__file__).resolve().parent / "triton" / "server.py"
-    spec = importlib.util.spec_from_file_location("lesionsynth_tests_triton_server", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-server = _load_server_helpers()
+server = triton_helpers()
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,9 @@ from pydantic import Field
 
 from services.classifier.schemas import Classification, ClassifierInfo, ClassifyItem
 from services.classifier.settings import ClassifierSettings
-from services.common.auth import BearerAuthMiddleware
-from services.common.errors import ServerErrorDetailMiddleware, rest_errors
-from services.common.limits import RequestSizeLimitMiddleware
+from services.common.errors import rest_errors
+from services.common.http import install_middleware
 from services.common.model_slot import preflight
-from services.common.request_guard import RequestGuardMiddleware
 
 SETTINGS = ClassifierSettings.from_env()
 # Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
@@ -101,8 +99,8 @@ class ClassifierService:
         self.handler.close()
 
 
-# Outermost first: size limit, auth, malformed/unsafe requests, 5xx detail.
-ClassifierService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=SETTINGS.common.max_request_bytes)
-ClassifierService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
-ClassifierService.add_asgi_middleware(RequestGuardMiddleware)
-ClassifierService.add_asgi_middleware(ServerErrorDetailMiddleware)
+install_middleware(
+    ClassifierService,
+    max_request_bytes=SETTINGS.common.max_request_bytes,
+    api_token=SETTINGS.common.api_token,
+)

@@ -14,12 +14,10 @@ import bentoml
 from bentoml.validators import ContentType
 from pydantic import Field
 
-from services.common.auth import BearerAuthMiddleware
-from services.common.errors import ServerErrorDetailMiddleware, rest_errors
-from services.common.limits import RequestSizeLimitMiddleware
+from services.common.errors import rest_errors
+from services.common.http import install_middleware
 from services.common.metrics import REJECTED
 from services.common.model_slot import preflight
-from services.common.request_guard import RequestGuardMiddleware
 from services.synthesis.schemas import SynthesisInfo, SynthesisItem, SynthesisItemResult
 from services.synthesis.settings import SynthesisSettings
 
@@ -116,8 +114,6 @@ class SynthesisService:
         self.handler.close()
 
 
-# Outermost first: size limit, auth, malformed/unsafe requests, 5xx detail.
-SynthesisService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=SETTINGS.common.max_request_bytes)
-SynthesisService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
-SynthesisService.add_asgi_middleware(RequestGuardMiddleware)
-SynthesisService.add_asgi_middleware(ServerErrorDetailMiddleware)
+install_middleware(
+    SynthesisService, max_request_bytes=SETTINGS.common.max_request_bytes, api_token=SETTINGS.common.api_token
+)

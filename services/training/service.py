@@ -13,10 +13,8 @@ from typing import Annotated, Any
 import bentoml
 from pydantic import Field
 
-from services.common.auth import BearerAuthMiddleware
-from services.common.errors import ServerErrorDetailMiddleware, rest_errors
-from services.common.limits import RequestSizeLimitMiddleware
-from services.common.request_guard import RequestGuardMiddleware
+from services.common.errors import rest_errors
+from services.common.http import install_middleware
 from services.training.schemas import Job, JobLogs, JobStateName, JobTypeInfo
 from services.training.settings import TrainingSettings
 
@@ -95,8 +93,4 @@ class TrainingService:
         self.scheduler.stop()
 
 
-# Outermost first: size limit, auth, malformed/unsafe requests, 5xx detail.
-TrainingService.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=1024 * 1024)
-TrainingService.add_asgi_middleware(BearerAuthMiddleware, token=SETTINGS.common.api_token)
-TrainingService.add_asgi_middleware(RequestGuardMiddleware)
-TrainingService.add_asgi_middleware(ServerErrorDetailMiddleware)
+install_middleware(TrainingService, max_request_bytes=1024 * 1024, api_token=SETTINGS.common.api_token)
