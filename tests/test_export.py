@@ -117,3 +117,14 @@ def test_export_serving_cli_publishes_a_folder_the_classifier_service_loads(
 
     with pytest.raises(ModelFolderError, match="sha256"):
         ScreeningModel(stored.path, OnnxRuntimeBackend(out / "model.onnx"))
+
+
+def test_single_threaded_backend_splits_a_batch_across_cores_with_identical_scores(serving_classifier):
+    from models.classifier.screening import OnnxRuntimeBackend
+
+    split = OnnxRuntimeBackend(serving_classifier / "model.onnx", threads=1)
+    whole = OnnxRuntimeBackend(serving_classifier / "model.onnx", threads=0)
+    batch = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
+    assert whole.splits == 1
+    np.testing.assert_array_equal(split.infer(batch), whole.infer(batch))
+    assert split.infer(batch[:1]).shape == (1,)

@@ -14,7 +14,9 @@ Backends share one small interface (``infer``, ``ready``, ``close``):
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -67,15 +69,28 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        # With one intra-op thread (the service's default, so concurrent single-image requests run in
+        # parallel), a batch would use one core: split it across the cores instead. session.run is
+        # thread-safe and releases the GIL. Measured: /classify_batch fell to 0.48x raw ORT without this.
+        cpu = "CUDAExecutionProvider" not in self.session.get_providers()
+        self.splits = (os.cpu_count() or 1) if (threads == 1 and cpu) else 1
+        self._pool = ThreadPoolExecutor(self.splits, thread_name_prefix="ort") if self.splits > 1 else None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0].reshape(-1)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0].reshape(-1)
+        if self._pool is None or len(batch) < 2:
+            return self._run(batch)
+        chunks = np.array_split(batch, min(self.splits, len(batch)))
+        return np.concatenate(list(self._pool.map(self._run, chunks)))
 
     def ready(self) -> bool:
         return True
 
     def close(self) -> None:
-        pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 @dataclass
