@@ -2,7 +2,7 @@
 random-but-well-formed messages against its gRPC server. A service passes when no generated case gets a
 5xx (REST) or an INTERNAL/UNKNOWN status (gRPC), and it still answers a health check at the end.
 
-    python -m loadtests.fuzz                     # against `make serve` (default ports), 1,000+ cases each
+    python -m loadtests.fuzz                     # against `make serve` (default ports), 1,000+ REST cases each
     python -m loadtests.fuzz --examples 20 ...   # the short version CI runs (tests/test_fuzz.py)
 
 Writes docs/fuzz.md + docs/fuzz.json with the counts and the command.
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--examples", type=int, default=200, help="schemathesis examples per operation")
+    parser.add_argument("--examples", type=int, default=500, help="schemathesis examples per operation")
     parser.add_argument("--grpc-cases", type=int, default=1000, help="gRPC cases per service")
     parser.add_argument("--max-bytes", type=int, default=32 * 1024 * 1024, help="the services' byte limit")
     parser.add_argument("--services", default="synthesis,classifier,training")
