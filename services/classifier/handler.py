@@ -43,7 +43,8 @@ def parse_image(data: bytes, max_pixels: int, role: str = "image") -> np.ndarray
 class ClassifierHandler:
     def __init__(self, settings: ClassifierSettings):
         self.settings = settings
-        self._fallback: OnnxRuntimeBackend | None = None
+        #: Embedded ORT twin of the served model, built on the first Triton outage (per model version).
+        self._fallback: ScreeningModel | None = None
         self.slot = ModelSlot(
             "classifier-onnx",
             settings.model,
@@ -102,10 +103,11 @@ class ClassifierHandler:
             if not self.settings.fallback_to_onnxruntime:
                 raise
             log.warning("Triton unavailable; answering from embedded ONNX Runtime (fallback on)")
-            if self._fallback is None:
-                self._fallback = OnnxRuntimeBackend(model.graph_path, threads=self.settings.ort_threads)
-            probabilities = ScreeningModel(model.folder, self._fallback, verify=False).probabilities(images)
-            backend = self._fallback.name
+            if self._fallback is None or self._fallback.model_version != model.model_version:
+                backend_ort = OnnxRuntimeBackend(model.graph_path, threads=self.settings.ort_threads)
+                self._fallback = ScreeningModel(model.folder, backend_ort, verify=False)
+            probabilities = self._fallback.probabilities(images)
+            backend = self._fallback.backend.name
         metrics.INFERENCE_SECONDS.labels(backend=backend).observe(time.perf_counter() - started)
         metrics.IMAGES.labels(transport=transport).inc(len(images))
         results = []
