@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+from ports import free_port, free_ports
+
+__all__ = ["REPO", "TARGETS", "ServiceProcess", "free_port", "model_env"]
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {
@@ -44,25 +46,24 @@ def model_env(name: str, tmp: Path, synthesizer: Path, serving_classifier: Path)
 BENTOML = Path(sys.executable).with_name("bentoml")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _lost_port_race(log: bytes) -> bool:
+    """gRPC says "Failed to bind to address"; uvicorn says "[Errno 98] ... address already in use"."""
+    text = log.decode(errors="replace").lower()
+    return "address already in use" in text
 
 
 class ServiceProcess:
     def __init__(self, target: str, workdir: Path, env: dict[str, str]):
         self.target = target
         self.workdir = workdir
-        self.rest_port = free_port()
-        self.grpc_port = free_port()
+        self.rest_port, self.grpc_port = free_ports(2)
+        self.started_once = False
         self.env = {
             **os.environ,
             "BENTOML_HOME": str(workdir / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",
-            "LESIONSYNTH_GRPC_PORT": str(self.grpc_port),
             **env,
         }
         self.log_path = workdir / f"{target.split(':')[-1]}.log"
@@ -77,7 +78,22 @@ class ServiceProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout: float = 90.0) -> ServiceProcess:
+        """Start and wait for /readyz. A first start that loses a port race (another process bound
+        one of its ports first) is retried on new ports; a restart keeps its ports, as a pod would."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                lost_race = "lost a port race" in str(exc)
+                if self.started_once or not lost_race or attempt == 2:
+                    raise
+                self.rest_port, self.grpc_port = free_ports(2)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> ServiceProcess:
+        self.env["LESIONSYNTH_GRPC_PORT"] = str(self.grpc_port)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(BENTOML), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.rest_port)],
@@ -93,9 +109,13 @@ class ServiceProcess:
                 raise RuntimeError(f"{self.target} exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    self.started_once = True
                     return self
             except httpx.HTTPError:
                 pass
+            if _lost_port_race(self.log_path.read_bytes()[log_start:]):
+                self.stop()
+                raise RuntimeError(f"{self.target} lost a port race:\n{self.log()}")
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"{self.target} not ready after {timeout:.0f} s:\n{self.log()}")

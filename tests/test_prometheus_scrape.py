@@ -51,16 +51,17 @@ def test_prometheus_scrapes_the_three_services(tmp_path, tiny_synth, serving_cla
     }
     prom_port = free_port()
     prom = f"http://127.0.0.1:{prom_port}"
-    targets = ", ".join(f"'127.0.0.1:{s.rest_port}'" for s in services.values())
     config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: lesionsynth\n    static_configs:\n      - targets: [{targets}]\n"
-    )
     server = None
     try:
         for svc in services.values():
             svc.start()
+        # Written after the starts: a start that loses a port race moves to new ports.
+        targets = ", ".join(f"'127.0.0.1:{s.rest_port}'" for s in services.values())
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"scrape_configs:\n  - job_name: lesionsynth\n    static_configs:\n      - targets: [{targets}]\n"
+        )
         image, mask = normal_pair
         files = {"image": ("i.png", png_bytes(image), "image/png")}
         r = httpx.post(

@@ -91,7 +91,10 @@ ClassifierService.config["threads"] = int(os.environ["BENCH_BENTOML_THREADS"])
 
 
 def tests_module(name: str, relative: str):
-    """Load a tests/ helper by file path (``tests/triton`` must not shadow the ``triton`` package)."""
+    """Load a tests/ helper by file path (``tests/triton`` must not shadow the ``triton`` package).
+    ``tests/`` goes at the end of sys.path so the helpers' own ``from ports import ...`` resolves."""
+    if str(REPO / "tests") not in sys.path:
+        sys.path.append(str(REPO / "tests"))
     spec = importlib.util.spec_from_file_location(name, REPO / "tests" / relative)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

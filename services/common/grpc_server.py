@@ -53,9 +53,17 @@ class GrpcServer:
         self.names = [name for _, _, name in registrations]
         reflection.enable_server_reflection(names, self.server)
         address = f"{settings.host}:{settings.grpc_port}"
-        self.port = self.server.add_insecure_port(address)
+        # grpcio returns 0 (older) or raises RuntimeError (1.6x) when the port is taken; either way say
+        # which setting to change.
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"cannot bind gRPC to {address} (port in use?)")
+            raise RuntimeError(
+                f"cannot bind gRPC to {address}: address already in use or not permitted; "
+                "set LESIONSYNTH_GRPC_PORT (or LESIONSYNTH_HOST) to a free one"
+            )
 
     def start(self) -> GrpcServer:
         self.server.start()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_ports  # tests/ports.py: outside the ephemeral range
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = Path(os.environ.get("LESIONSYNTH_TRITON_VENV", ROOT / ".venv-triton"))
@@ -38,17 +38,6 @@ def triton_python() -> Path:
     if not python.exists():
         pytest.skip(f"no Triton test environment at {TRITON_VENV}: run `make triton-env` first")
     return python
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class TritonProcess:
