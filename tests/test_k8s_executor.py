@@ -559,36 +559,53 @@ def test_stopping_the_service_leaves_jobs_running_and_a_restart_adopts_them(clus
     cluster.calls.clear()
     restarted = executor_for(cluster, store, tmp_path)
     scheduler = scheduler_for(restarted, tmp_path)
-    scheduler.recover()  # what start() does first: reap_orphan each running job, then requeue
+    scheduler.recover()  # what start() does first: reap_orphan each running job, then requeue the rest
     assert store.get(finished.id).state == "succeeded" and store.get(finished.id).result == {"version": "v9"}
     assert cluster.created() == [f"{base}-units"]  # the adopted experiment went on to its next stage
-    assert store.get(running.id).state == "queued" and store.get(gone.id).state == "queued"
+    # Adopted: still running, same attempt (the work was not restarted); the one whose Job was gone is
+    # requeued as attempt 2.
+    adopted = store.get(running.id)
+    assert (adopted.state, adopted.attempts) == ("running", 1)
+    assert (store.get(gone.id).state, store.get(gone.id).attempts) == ("queued", 2)
     scheduler.tick()
-    # The adopted job is running again without a new Job; the one whose Job was gone starts attempt 2.
     assert cluster.created() == [f"{base}-units", f"lesionsynth-job-{gone.id[:12]}-r2"]
     assert store.get(running.id).state == "running" and cluster.deleted() == []
     assert "adopted" in restarted.read_log(running.id)
+    cluster.set_status(f"{base}-units", complete=True, succeeded=6)
+    scheduler.tick()  # the adopted handle is polled like any other: on to aggregate
+    assert cluster.created()[-1] == f"{base}-aggregate"
 
 
-def test_a_job_restarted_too_often_is_not_left_running_unwatched(cluster, store, tmp_path):
-    executor = executor_for(cluster, store, tmp_path, max_attempts=2)
-    scheduler = JobScheduler(
-        store, executor, roots=JobRoots((tmp_path,), tmp_path / "outputs"), lock_dir=tmp_path, max_attempts=2
-    )
+def test_an_adopted_job_survives_any_number_of_restarts_without_counting_attempts(cluster, store, tmp_path):
+    """Restarts of the service do not restart the work on the cluster, so they are not attempts; only a
+    job whose Jobs are gone is requeued, and that counts towards max_attempts."""
+    roots = JobRoots((tmp_path,), tmp_path / "outputs")
     job = submit(store, "export", PLAIN)
-    scheduler.tick()
-    for _ in range(2):  # two service restarts
+    JobScheduler(store, executor_for(cluster, store, tmp_path), roots=roots, lock_dir=tmp_path).tick()
+    for _ in range(4):  # four service restarts, more than max_attempts
         scheduler = JobScheduler(
-            store,
-            executor_for(cluster, store, tmp_path, max_attempts=2),
-            roots=scheduler.roots,
-            lock_dir=tmp_path,
-            max_attempts=2,
+            store, executor_for(cluster, store, tmp_path), roots=roots, lock_dir=tmp_path, max_attempts=2
         )
         scheduler.recover()
         scheduler.tick()
-    assert store.get(job.id).state == "interrupted"
-    assert cluster.deleted() == [(f"lesionsynth-job-{job.id[:12]}", "Background")]
+    record = store.get(job.id)
+    assert (record.state, record.attempts) == ("running", 1)
+    assert cluster.created() == [f"lesionsynth-job-{job.id[:12]}"] and cluster.deleted() == []
+    for attempt in (2,):  # its Job vanishes twice: attempt 2, then interrupted
+        del cluster.jobs[next(iter(cluster.jobs))]
+        scheduler = JobScheduler(
+            store, executor_for(cluster, store, tmp_path), roots=roots, lock_dir=tmp_path, max_attempts=2
+        )
+        scheduler.recover()
+        scheduler.tick()
+        assert (store.get(job.id).state, store.get(job.id).attempts) == ("running", attempt)
+    del cluster.jobs[next(iter(cluster.jobs))]
+    scheduler = JobScheduler(
+        store, executor_for(cluster, store, tmp_path), roots=roots, lock_dir=tmp_path, max_attempts=2
+    )
+    scheduler.recover()
+    record = store.get(job.id)
+    assert record.state == "interrupted" and "2 times" in record.error
 
 
 def test_read_log_concatenates_the_pods_logs(cluster, store, tmp_path):

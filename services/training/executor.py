@@ -40,8 +40,10 @@ class Executor(Protocol):
       < 0 minus the signal that killed it (subprocess' convention). Also escalates a pending cancel.
     - ``cancel(handle)``: ask the job's processes to stop (graceful first, forced after a grace period);
       returns at once, ``poll`` reports the end.
-    - ``reap_orphan(job)``: make sure no process of a job started by a previous service process is
-      still running (called at service start, before the job is requeued).
+    - ``reap_orphan(job) -> handle | None``: called at service start for each job a previous service
+      process left running. Either make sure none of its processes still runs and return None (the
+      scheduler then requeues or interrupts it), or, when its work survives the service and is still
+      running (Kubernetes Jobs), adopt it and return a handle: the job stays "running", same attempt.
     - ``read_log(job_id, tail_bytes) -> str``: the end of the job's log.
     """
 
@@ -51,7 +53,7 @@ class Executor(Protocol):
 
     def cancel(self, handle: Any) -> None: ...
 
-    def reap_orphan(self, job: JobRecord) -> None: ...
+    def reap_orphan(self, job: JobRecord) -> Any | None: ...
 
     def read_log(self, job_id: str, tail_bytes: int = 65536) -> str: ...
 
@@ -181,6 +183,7 @@ class LocalProcessExecutor:
                 handle.kill_at = time.monotonic() + self.grace_seconds
 
     def reap_orphan(self, job: JobRecord) -> None:
+        """A job process dies with the service (parent-death signal); kill any that did not: never adopt."""
         pids = processes_of_job(job.id)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -9,10 +9,12 @@ States::
 
     queued ──> running ──> succeeded | failed | cancelled
       │           └──(service restarted)──> queued again (resumable, attempts left) | interrupted
+      │                                         | running still (adopted: its Kubernetes Job runs on)
       └──> cancelled
 
 A job is never lost: it is created before it is acknowledged, and a job the previous service process
-left "running" is requeued or marked interrupted with the reason by :meth:`JobStore.recover_after_restart`.
+left "running" is adopted, requeued or marked interrupted with the reason by
+:meth:`JobStore.recover_after_restart`.
 """
 
 from __future__ import annotations
@@ -304,17 +306,23 @@ class JobStore:
         """Record that a job was stopped because it was cancelled."""
         return self.finish(job_id, "cancelled", error=reason)
 
-    def recover_after_restart(self, resumable: set[str], max_attempts: int = 3) -> list[str]:
+    def recover_after_restart(
+        self, resumable: set[str], max_attempts: int = 3, adopted: frozenset[str] | set[str] = frozenset()
+    ) -> list[str]:
         """Requeue or interrupt every job a previous service process left running; return their ids.
 
         Call it once at service start, after taking the data directory lock (so no live service owns
-        these jobs) and after making sure their old processes are gone.
+        these jobs) and after making sure their old processes are gone. Jobs in ``adopted`` are still
+        running where the executor put them (Kubernetes) and now watched by this service: left as they
+        are, and not counted as another attempt.
         """
         now = time.time()
         touched = []
         with self._write() as db:
             for row in db.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall():
                 job = self._record(row)
+                if job.id in adopted:
+                    continue
                 touched.append(job.id)
                 if job.cancel_requested:
                     state, stage, error = (

@@ -47,19 +47,16 @@ A local job process dies with the service (parent-death signal), so the local ex
 ``reap_orphan`` kills leftovers and the restarted scheduler requeues the job to resume it from its
 checkpoint. Pods do not die with the service: a Job keeps running on the cluster while the service
 restarts (a rollout, a node drain). So :meth:`KubernetesExecutor.reap_orphan` *adopts* the job's
-existing Jobs: the scheduler's recovery still moves the record back to "queued" (attempts + 1), but
-its next :meth:`~KubernetesExecutor.start` returns the adopted handle instead of creating a Job, so the
-work on the cluster is never restarted or duplicated. A Job that finished while the service was down is
-recorded from its status at once. Likewise, stopping the service does not delete the Jobs
+existing Jobs and returns a handle on them: the scheduler keeps the record "running" (same attempt:
+the work was not restarted, so the restart does not count against ``max_attempts``) and polls the
+handle as if it had started it, so the work on the cluster is never restarted or duplicated. A Job that
+finished while the service was down is recorded from its status at once. Likewise, stopping the service does not delete the Jobs
 (:meth:`~KubernetesExecutor.cancel` without a cancel request only detaches); only a user's cancel
 deletes them (``propagationPolicy: Background``: the Job at once, its pods by the garbage collector).
 
-Caveat: the scheduler counts each restart as an attempt; a job still running after ``max_attempts``
-service restarts is marked interrupted by the scheduler's recovery, so its Jobs are deleted rather than
-left running unsupervised. (Exempting adopted jobs from that count needs
-``JobStore.recover_after_restart`` to leave them alone: a change to jobstore.py, not made here.) A new
-attempt first deletes any Job of an earlier attempt that is still active, so two attempts never write
-to the same checkpoints.
+Only a job whose Jobs are gone (deleted by hand, or unlistable because the API was down) is requeued as
+a new attempt; a new attempt first deletes any Job of an earlier attempt that is still active, so two
+attempts never write to the same checkpoints.
 
 Status is polled (``read_namespaced_job`` at most every ``check_seconds``), not watched: the scheduler
 drives the executor from one thread, and a poll after a restart sees the same state a watch would.
@@ -253,7 +250,6 @@ class KubernetesExecutor:
         ttl_seconds: int = 24 * 3600,
         image_pull_policy: str = "IfNotPresent",
         check_seconds: float = 5.0,
-        max_attempts: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.batch, self.core, self.store = batch_api, core_api, store
@@ -266,8 +262,7 @@ class KubernetesExecutor:
         self.cpu, self.memory = cpu, memory
         self.deadline_seconds, self.ttl_seconds = deadline_seconds, ttl_seconds
         self.image_pull_policy = image_pull_policy
-        self.check_seconds, self.max_attempts, self.clock = check_seconds, max_attempts, clock
-        self._adopted: dict[str, KubernetesHandle] = {}
+        self.check_seconds, self.clock = check_seconds, clock
         self._log_lock = threading.Lock()
 
     @classmethod
@@ -487,13 +482,6 @@ class KubernetesExecutor:
     # -- the Executor protocol ------------------------------------------------------------------------
 
     def start(self, job: JobRecord) -> KubernetesHandle:
-        adopted = self._adopted.pop(job.id, None)
-        if adopted is not None:
-            self._note(
-                job.id, f"attempt {job.attempts}: still running on the cluster as {adopted.name}; adopted"
-            )
-            adopted.next_check = 0.0
-            return adopted
         experiment = job.type == "experiment"
         handle = KubernetesHandle(
             job.id,
@@ -566,35 +554,33 @@ class KubernetesExecutor:
             handle.next_check = 0.0
         self._delete_all(handle.job_id)
 
-    def reap_orphan(self, job: JobRecord) -> None:
-        """At service start, for each job the last service left running (see the module docstring)."""
-        self._adopted.pop(job.id, None)
+    def reap_orphan(self, job: JobRecord) -> KubernetesHandle | None:
+        """At service start, for each job the last service left running: a handle on its Jobs when they
+        still run (adopted; see the module docstring), else None (it ended and is recorded, or it has no
+        Jobs left and the scheduler requeues it)."""
         try:
             k8s_jobs = self._list_jobs(job.id)
         except Exception as exc:  # noqa: BLE001  (then the job is requeued and starts a new attempt)
             log.warning("job %s: cannot list its Kubernetes Jobs: %s", job.id, api_error(exc))
-            return
+            return None
         if job.cancel_requested:
             if k8s_jobs:
                 self._note(job.id, "cancel requested before the service restarted: deleting its Jobs")
                 self._delete_all(job.id)
-            return
+            return None
         if not k8s_jobs:
             # Finished while the service was down and already removed by the TTL: use what it recorded.
             result = stages.read_result(self.state_dir(job.id))
             if result is not None and self.store.finish(job.id, "succeeded", result=result):
                 self._note(job.id, "finished while the service was down; result recorded")
-            return
+            return None
         handle = self._adoptable(job, k8s_jobs)
-        if job.attempts >= self.max_attempts:
-            # The scheduler's recovery will mark it interrupted: do not leave its pods running unwatched.
-            self._note(job.id, f"{job.attempts} service restarts: not adopting it again; deleting its Jobs")
-            self._delete_all(job.id)
-            return
         code = self.poll(handle)  # records it now if it ended while the service was down
-        if code is None:
-            self._adopted[job.id] = handle
-            log.info("job %s: adopted %s, still running on the cluster", job.id, handle.name)
+        if code is not None:
+            return None
+        self._note(job.id, f"attempt {job.attempts}: still running on the cluster as {handle.name}; adopted")
+        log.info("job %s: adopted %s, still running on the cluster", job.id, handle.name)
+        return handle
 
     def read_log(self, job_id: str, tail_bytes: int = 65536) -> str:
         """The job's log file (executor notes + archived pod logs), then the live logs of running pods."""
@@ -948,14 +934,10 @@ def kubernetes_clients() -> tuple[Any, Any]:
     return client.BatchV1Api(), client.CoreV1Api()
 
 
-def build_executor(settings: TrainingSettings, store: JobStore, *, max_attempts: int = 3) -> Executor:
-    """The executor ``LESIONSYNTH_EXECUTOR`` names: local processes, or Kubernetes Jobs.
-
-    ``max_attempts`` must be the scheduler's (the Kubernetes executor stops adopting a job it will
-    interrupt); the local executor does not need it.
-    """
+def build_executor(settings: TrainingSettings, store: JobStore) -> Executor:
+    """The executor ``LESIONSYNTH_EXECUTOR`` names: local processes, or Kubernetes Jobs."""
     if settings.executor == "kubernetes":
-        return KubernetesExecutor.from_settings(settings, store, max_attempts=max_attempts)
+        return KubernetesExecutor.from_settings(settings, store)
     return LocalProcessExecutor(
         settings.jobs_dir,
         db_path=store.db_path,
@@ -971,7 +953,7 @@ def build_scheduler(
     from services.training.scheduler import DB_NAME, JobScheduler
 
     store = JobStore(settings.jobs_dir / DB_NAME)
-    executor = build_executor(settings, store, max_attempts=max_attempts)
+    executor = build_executor(settings, store)
     return JobScheduler(
         store, executor, settings.max_concurrent_jobs, roots=roots, max_attempts=max_attempts, **kwargs
     )

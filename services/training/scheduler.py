@@ -154,14 +154,24 @@ class JobScheduler:
         self._thread.start()
 
     def recover(self) -> list[str]:
+        """Jobs a previous service left running: adopted when the executor says their work still runs
+        (they stay "running", same attempt, and are polled from now on), else requeued or interrupted."""
+        adopted = {}
         for job in self.store.list(state="running", limit=1_000_000):
-            self.executor.reap_orphan(job)
+            handle = self.executor.reap_orphan(job)
+            if handle is not None:
+                adopted[job.id] = handle
+        self._running.update(adopted)
         resumable = {name for name, t in JOB_TYPES.items() if t.resumable}
-        touched = self.store.recover_after_restart(resumable, max_attempts=self.max_attempts)
+        touched = self.store.recover_after_restart(
+            resumable, max_attempts=self.max_attempts, adopted=set(adopted)
+        )
+        for job_id in adopted:
+            log.info("job %s was running when the service stopped: adopted, still running", job_id)
         for job_id in touched:
             job = self.store.get(job_id)
             log.info("job %s was running when the service stopped: now %s", job_id, job.state if job else "?")
-        return touched
+        return [*adopted, *touched]
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread and the running job processes; they stay "running" in the database, so the
