@@ -10,6 +10,7 @@ structural check is a function that returns the problems it finds; the tests ass
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -854,3 +855,36 @@ def test_kubernetes_validate_rejects_an_unknown_field(tmp_path):
     path.write_text(yaml.safe_dump_all(broken))
     result = validate(path)
     assert result.returncode != 0 and "readinessprobe" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("exported", "ok", "says"),
+    [
+        ("gpu", True, "GPU instances"),
+        ("cpu", False, "exported for CPU instances"),
+        (None, False, "has no Triton repository"),
+    ],
+)
+def test_triton_init_container_refuses_a_cpu_export(tmp_path, exported, ok, says):
+    """The gpu overlay's check-gpu-export script, run as rendered, on a model store written by our own
+    exporter (config_pbtxt), as the pod would see it."""
+    from models.export.triton import config_pbtxt
+
+    init = {
+        c["name"]: c
+        for c in pod_spec(by_kind(docs_of("gpu"), "Deployment")["lesionsynth-triton"])["initContainers"]
+    }
+    container = init["check-gpu-export"]
+    version = "v1"
+    if exported:
+        folder = tmp_path / "classifier-onnx" / version / "triton" / "lesion_classifier"
+        folder.mkdir(parents=True)
+        (folder / "config.pbtxt").write_text(config_pbtxt("lesion_classifier", 64, instance_kind=exported))
+    script = container["args"][0].replace("/dev/termination-log", str(tmp_path / "termination-log"))
+    env = {"PATH": os.environ["PATH"], "CLASSIFIER_VERSION": version, "MODEL_STORE": str(tmp_path)}
+    assert {e["name"] for e in container["env"]} == {"CLASSIFIER_VERSION", "MODEL_STORE"}
+    result = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert (result.returncode == 0) is ok, result.stdout + result.stderr
+    assert says in result.stdout
+    if not ok:
+        assert says in (tmp_path / "termination-log").read_text()
