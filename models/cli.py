@@ -132,11 +132,23 @@ def train_synthesizer_cmd(
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     ] = None,
+    progress: Annotated[bool, typer.Option(help="Draw progress bars.")] = True,
+    progress_file: Annotated[
+        Path | None, typer.Option(hidden=True, help="Also keep the current bar in this JSON file (rank 0).")
+    ] = None,
 ) -> None:
-    """Train the DDPM on the masked lesion regions of the `train` lesion images (paper 000)."""
+    """Train the DDPM on the masked lesion regions of the `train` lesion images (paper 000).
+
+    Data-parallel on N GPUs: `torchrun --nproc-per-node N -m models.cli train-synthesizer ... --device cuda`
+    (--batch-size is per process)."""
     from models.diffusion.config import SynthesizerConfig
     from models.diffusion.train import TrainSettings, train_synthesizer
+    from models.distributed import DataParallel
 
+    if progress_file is not None and DataParallel.from_env().is_main:
+        from models.progress import JsonFileSink, set_sink
+
+        set_sink(JsonFileSink(progress_file))
     config = SynthesizerConfig(resolution=resolution, preset=preset, mask_conditioning=mask_conditioning)
     card = train_synthesizer(
         TrainSettings(
@@ -152,8 +164,11 @@ def train_synthesizer_cmd(
             resume=resume,
             seed=seed,
             device=device,
+            progress=progress,
         )
     )
+    if not DataParallel.from_env().is_main:
+        return  # rank 0 reports
     last = card["loss_curve"][-1][1] if card["loss_curve"] else float("nan")
     typer.echo(f"wrote {out} (model version {card['model_version']}, {card['steps']} steps, loss {last:.4f})")
 

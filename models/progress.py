@@ -104,3 +104,34 @@ class tqdm(_tqdm):  # noqa: N801  (a drop-in for tqdm.tqdm)
             self._sink_closed = True
             self._forward(final=True)
         super().close()
+
+
+class JsonFileSink:
+    """A sink that keeps the current bar in a JSON file ``{"desc", "n", "total"}`` (written atomically).
+
+    For work in another process that cannot reach the job record: a torchrun rank writes it, the job
+    process reads it with :func:`read_progress_file` and re-reports it on its own bar (models/torchrun.py).
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, desc: str, n: float, total: float | None) -> None:
+        from models.artifacts import atomic_write_json
+
+        atomic_write_json(self.path, {"desc": desc, "n": n, "total": total})
+
+
+def read_progress_file(path) -> tuple[str, float, float | None] | None:
+    """``(desc, n, total)`` from a :class:`JsonFileSink` file; None when absent or unreadable."""
+    import json
+
+    try:
+        value = json.loads(open(path, encoding="utf-8").read())  # noqa: SIM115, PTH123
+        return (
+            str(value["desc"]),
+            float(value["n"]),
+            None if value["total"] is None else float(value["total"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

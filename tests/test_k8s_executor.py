@@ -39,6 +39,7 @@ from services.training.k8s_executor import (
     build_scheduler,
     job_name,
     parse_indexes,
+    scale_quantity,
 )
 from services.training.scheduler import JobScheduler
 from services.training.settings import KubernetesSettings, TrainingSettings, pod_namespace
@@ -288,6 +289,26 @@ def test_strict_validation_catches_a_bad_field(cluster_paths_executor):
     job["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, NEWEST, strict=True)
+
+
+def test_a_data_parallel_job_gets_one_gpu_per_process_on_one_node(cluster, store, tmp_path):
+    """train-synthesizer with processes=4: one pod (torchrun inside, models/torchrun.py) with 4 GPUs and
+    4x the CPU and memory of a one-GPU job; the Job passes strict validation."""
+    import kubernetes_validate
+
+    assert [scale_quantity(q, 4) for q in ("4", "16Gi", "500m", "2.5")] == ["16", "64Gi", "2000m", "10"]
+    executor = executor_for(cluster, store, tmp_path, gpu=True, cpu="4", memory="16Gi")
+    scheduler = scheduler_for(executor, tmp_path)
+    job = submit(store, "train-synthesizer", {**PLAIN, "processes": 4})
+    scheduler.tick()
+    (name,) = cluster.created()
+    body = client.ApiClient().sanitize_for_serialization(cluster.jobs[name])
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"}
+    assert {e["name"]: e["value"] for e in container["env"]}["OMP_NUM_THREADS"] == "16"
+    assert body["spec"]["completions"] == 1 and body["spec"]["parallelism"] == 1
+    kubernetes_validate.validate(body, NEWEST, strict=True)
+    assert store.get(job.id).state == "running"
 
 
 # -- (b) their structure ---------------------------------------------------------------------------

@@ -9,6 +9,10 @@ Read top to bottom, :func:`train_synthesizer` is the recipe:
 5. optimise the simplified DDPM objective  L = || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2
    (Ho et al. 2020, Eq. 14 / Algorithm 1), checkpointing every N steps;
 6. write the EMA weights as a diffusers folder with a model card.
+
+Under ``torchrun --nproc-per-node N`` the same recipe trains data-parallel (models/distributed.py):
+``batch_size`` is per process, so a step sees ``N x batch_size`` lesion regions; rank 0 writes the
+checkpoints (with every rank's generator state, so a resume is exact) and the model.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from models.checkpoints import (
     save_checkpoint,
 )
 from models.data.manifest import load_manifest
-from models.devices import autocast_for, backward_step, pick_device
+from models.devices import autocast_for, backward_step
 from models.diffusion.config import SynthesizerConfig, build_train_scheduler, build_unet
 from models.diffusion.crops import LesionCrops
 from models.diffusion.folder import CARD_NAME, read_card, write_synthesizer
+from models.distributed import DataParallel
 from models.errors import ConfigError
 from models.progress import tqdm
 
@@ -48,6 +53,7 @@ class TrainSettings:
     out: Path
     config: SynthesizerConfig = SynthesizerConfig()
     max_steps: int = 2000
+    #: Per process: under torchrun a step sees WORLD_SIZE x batch_size regions.
     batch_size: int = 8
     learning_rate: float = 2e-4
     warmup_steps: int = 100
@@ -76,8 +82,15 @@ def snapshot_dir(out: Path, step: int) -> Path:
 
 
 def train_synthesizer(s: TrainSettings) -> dict:
-    """Run the recipe; return the model card of the finished synthesizer."""
+    """Run the recipe (data-parallel under torchrun); return the model card of the finished synthesizer."""
     s.check()
+    dp = DataParallel.from_env()
+    device = dp.device(s.device)
+    with dp.session(device):
+        return _train(s, dp, device)
+
+
+def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     out, ckpt_root = Path(s.out), Path(s.out) / "checkpoints"
     require_resume_for_existing_run(out, CARD_NAME, s.resume)
 
@@ -90,17 +103,19 @@ def train_synthesizer(s: TrainSettings) -> dict:
     manifest_sha = manifest.sha256()
 
     # 2. Lesion regions, in memory.
-    crops = LesionCrops.from_rows(rows, s.config.resolution, s.config.margin, progress=s.progress)
+    show = s.progress and dp.is_main
+    crops = LesionCrops.from_rows(rows, s.config.resolution, s.config.margin, progress=show)
     log.info("training on %d lesion regions at %dpx", len(crops), s.config.resolution)
 
-    # 3. Model, schedule, optimiser, EMA. The seed fixes the initial weights and every random draw.
-    device = pick_device(s.device)
+    # 3. Model, schedule, optimiser, EMA. The seed fixes the initial weights (the same on every rank) and
+    #    every random draw (each rank its own stream).
     torch.manual_seed(s.seed)
     unet = build_unet(s.config).to(device).train()
+    model = dp.wrap(unet, device)  # forward and backward through DDP; weights and EMA read from unet
     noise_scheduler = build_train_scheduler(s.config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=s.learning_rate, weight_decay=1e-2)
     ema = EMAModel(unet.parameters(), decay=s.ema_max_decay, use_ema_warmup=True, power=3 / 4)
-    generator = torch.Generator().manual_seed(s.seed)
+    generator = torch.Generator().manual_seed(dp.rank_seed(s.seed))
     autocast, scaler = autocast_for(device)
     run_identity = {
         "config": s.config.to_dict(),
@@ -109,6 +124,8 @@ def train_synthesizer(s: TrainSettings) -> dict:
         "batch_size": s.batch_size,
         "seed": s.seed,
     }
+    if dp.enabled:
+        run_identity["processes"] = dp.world_size  # absent for one process: older checkpoints still match
 
     # 4. Resume.
     step, loss_curve, train_seconds = 0, [], 0.0
@@ -116,11 +133,13 @@ def train_synthesizer(s: TrainSettings) -> dict:
         tensors, state = load_checkpoint(ckpt, optimizer, generator)
         saved = state["metadata"]["run"]
         if saved != run_identity:
-            changed = sorted(k for k in run_identity if saved.get(k) != run_identity[k])
+            changed = sorted(k for k in {*saved, *run_identity} if saved.get(k) != run_identity.get(k))
             raise ConfigError(
                 f"cannot resume: the checkpoint was made with different {', '.join(changed)}; "
                 "use the original settings or a new --out"
             )
+        if dp.enabled:
+            generator.set_state(tensors["rank_generators"][str(dp.rank)])
         unet.load_state_dict(tensors["model"])
         shadow = tensors["ema"]
         ema.load_state_dict({**state["ema"], "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
@@ -133,10 +152,16 @@ def train_synthesizer(s: TrainSettings) -> dict:
             return card
 
     def checkpoint() -> None:
+        """Every rank calls it (gathering the generator states is collective); rank 0 writes."""
+        states = dp.gather(generator.get_state(), device)
+        if not dp.is_main:
+            return
         ema_state = ema.state_dict()
         shadow = {str(i): t for i, t in enumerate(ema_state.pop("shadow_params"))}
         meta = {"run": run_identity, "loss_curve": loss_curve, "train_seconds": train_seconds}
         tensors = {"model": unet.state_dict(), "ema": shadow}
+        if dp.enabled:
+            tensors["rank_generators"] = {str(r): states[r] for r in range(dp.world_size)}
         save_checkpoint(ckpt_root, step, tensors, optimizer, generator, {"ema": ema_state, "metadata": meta})
 
     def export_ema(folder: Path) -> dict:
@@ -152,6 +177,7 @@ def train_synthesizer(s: TrainSettings) -> dict:
             "image_rows": crops.rows,
             "steps": step,
             "batch_size": s.batch_size,
+            "processes": dp.world_size,
             "learning_rate": s.learning_rate,
             "seed": s.seed,
             "resolution": s.config.resolution,
@@ -162,7 +188,7 @@ def train_synthesizer(s: TrainSettings) -> dict:
         return write_synthesizer(folder, model.cpu(), noise_scheduler, s.config, card)
 
     # 5. Optimise.
-    bar = tqdm(total=s.max_steps, initial=step, desc="train synthesizer", unit="step", disable=not s.progress)
+    bar = tqdm(total=s.max_steps, initial=step, desc="train synthesizer", unit="step", disable=not show)
     window: list[float] = []
     tic = time.perf_counter()
     while step < s.max_steps:
@@ -175,27 +201,28 @@ def train_synthesizer(s: TrainSettings) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = s.learning_rate * min(1.0, (step + 1) / s.warmup_steps)
         with autocast():
-            pred = unet(model_in, t).sample
+            pred = model(model_in, t).sample
         loss = F.mse_loss(pred.float(), noise)
-        backward_step(loss, unet, optimizer, scaler, clip=1.0)
+        backward_step(loss, model, optimizer, scaler, clip=1.0)  # DDP: gradients averaged over ranks
         ema.step(unet.parameters())
         step += 1
         window.append(loss.item())
         if step % s.log_every == 0 or step == s.max_steps:
             now = time.perf_counter()
             train_seconds += now - tic
-            loss_curve.append([step, sum(window) / len(window)])
-            bar.set_postfix(
-                loss=f"{loss_curve[-1][1]:.4f}", img_s=f"{len(window) * s.batch_size / (now - tic):.1f}"
-            )
+            loss_curve.append([step, dp.mean(sum(window) / len(window), device)])
+            images = len(window) * s.batch_size * dp.world_size
+            bar.set_postfix(loss=f"{loss_curve[-1][1]:.4f}", img_s=f"{images / (now - tic):.1f}")
             window, tic = [], now
         bar.update(1)
-        if step in s.snapshot_steps and not (snapshot_dir(out, step) / CARD_NAME).is_file():
+        if dp.is_main and step in s.snapshot_steps and not (snapshot_dir(out, step) / CARD_NAME).is_file():
             export_ema(snapshot_dir(out, step))  # before the checkpoint: a resume never skips one
         if step % s.checkpoint_every == 0 and step < s.max_steps:
             checkpoint()
     bar.close()
     checkpoint()
 
-    # 6. The EMA weights are the model we ship.
-    return export_ema(out)
+    # 6. The EMA weights are the model we ship (rank 0 writes it; the others wait, then read its card).
+    card = export_ema(out) if dp.is_main else None
+    dp.barrier()
+    return card if card is not None else read_card(out)

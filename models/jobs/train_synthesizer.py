@@ -3,6 +3,10 @@
 Training runs in ``work_dir/model`` with ``resume=True``: the recipe continues from the newest checkpoint
 there (or returns the finished model), so a job restarted after a crash picks up where it stopped. Once
 the model is in the store its checkpoints are deleted; the store copy is the artifact.
+
+``processes > 1`` trains data-parallel: the job runs the same recipe under ``torchrun`` with one process
+per GPU (models/torchrun.py); ``batch_size`` is per process. On Kubernetes the job's pod asks for that
+many GPUs (services/training/k8s_executor.py).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from models.errors import ParameterError
 from models.jobs import params as p
 from models.jobs.base import JobContext, JobRoots
 
@@ -30,40 +35,31 @@ FIELDS = {
     "checkpoint_every": p.integer(1, 10_000_000, 500),
     "seed": p.seed(),
     "device": p.device(),
+    # One per GPU (one node: torchrun --standalone); >1 on the CPU works too (gloo), as the tests run it.
+    "processes": p.integer(1, 16, 1),
 }
 
 
 def validate(params: dict, roots: JobRoots) -> dict:
-    return p.normalise(params, FIELDS, roots)
+    values = p.normalise(params, FIELDS, roots)
+    if values["processes"] > 1 and values["device"] not in (None, "cpu", "cuda"):
+        raise ParameterError(
+            f"device must be 'cuda', 'cpu' or unset when processes > 1 (one process per GPU, each on "
+            f"cuda:LOCAL_RANK), got {values['device']!r}"
+        )
+    return values
 
 
 def run(params: dict, ctx: JobContext) -> dict:
     from models.checkpoints import latest_checkpoint
-    from models.diffusion.config import SynthesizerConfig
-    from models.diffusion.train import TrainSettings, train_synthesizer
+    from models.diffusion.train import train_synthesizer
 
     out = Path(ctx.work_dir) / "model"
     ckpt = latest_checkpoint(out / "checkpoints")
-    card = train_synthesizer(
-        TrainSettings(
-            manifest=Path(params["manifest"]),
-            lesion_label=params["lesion_label"],
-            out=out,
-            config=SynthesizerConfig(
-                resolution=params["resolution"],
-                preset=params["preset"],
-                mask_conditioning=params["mask_conditioning"],
-            ),
-            max_steps=params["max_steps"],
-            batch_size=params["batch_size"],
-            learning_rate=params["learning_rate"],
-            checkpoint_every=params["checkpoint_every"],
-            seed=params["seed"],
-            device=params["device"],
-            resume=True,
-            progress=False,
-        )
-    )
+    if params["processes"] > 1:
+        card = _train_data_parallel(params, out, ctx)
+    else:
+        card = train_synthesizer(_settings(params, out))
     stored = ctx.store.publish("synthesizer", out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     loss = card["loss_curve"][-1][1] if card.get("loss_curve") else None
@@ -74,4 +70,56 @@ def run(params: dict, ctx: JobContext) -> dict:
         "steps": card["steps"],
         "final_loss": loss,
         "resumed_from_step": int(ckpt.name.split("-")[1]) if ckpt else 0,
+        "processes": params["processes"],
     }
+
+
+def _settings(params: dict, out: Path):
+    from models.diffusion.config import SynthesizerConfig
+    from models.diffusion.train import TrainSettings
+
+    return TrainSettings(
+        manifest=Path(params["manifest"]),
+        lesion_label=params["lesion_label"],
+        out=out,
+        config=SynthesizerConfig(
+            resolution=params["resolution"],
+            preset=params["preset"],
+            mask_conditioning=params["mask_conditioning"],
+        ),
+        max_steps=params["max_steps"],
+        batch_size=params["batch_size"],
+        learning_rate=params["learning_rate"],
+        checkpoint_every=params["checkpoint_every"],
+        seed=params["seed"],
+        device=params["device"],
+        resume=True,
+        progress=False,
+    )
+
+
+def _train_data_parallel(params: dict, out: Path, ctx: JobContext) -> dict:
+    """The same settings as ``_settings``, as CLI options for ``torchrun ... -m models.cli``."""
+    from models.diffusion.folder import read_card
+    from models.torchrun import run_data_parallel
+
+    args = [
+        "train-synthesizer",
+        f"--manifest={params['manifest']}",
+        f"--lesion-label={params['lesion_label']}",
+        f"--out={out}",
+        f"--resolution={params['resolution']}",
+        f"--preset={params['preset']}",
+        "--mask-conditioning" if params["mask_conditioning"] else "--no-mask-conditioning",
+        f"--max-steps={params['max_steps']}",
+        f"--batch-size={params['batch_size']}",
+        f"--learning-rate={params['learning_rate']!r}",
+        f"--checkpoint-every={params['checkpoint_every']}",
+        f"--seed={params['seed']}",
+        "--resume",
+        "--no-progress",
+    ]
+    if params["device"]:
+        args.append(f"--device={params['device']}")
+    run_data_parallel(params["processes"], args, Path(ctx.work_dir) / "progress.json")
+    return read_card(out)

@@ -78,6 +78,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -149,6 +150,20 @@ def cpu_threads(cpu: str) -> int:
     return max(1, math.floor(cores))
 
 
+def scale_quantity(quantity: str, factor: int) -> str:
+    """A resource quantity times ``factor`` ("4" x 2 = "8", "16Gi" x 2 = "32Gi", "500m" x 3 = "1500m")."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", quantity)
+    if match is None or factor == 1:
+        return quantity
+    value = float(match.group(1)) * factor
+    return f"{int(value) if value.is_integer() else value}{match.group(2)}"
+
+
+def data_parallel_processes(job_type: str, params: dict) -> int:
+    """How many GPUs (processes) a job's pod needs: ``processes`` of a train-synthesizer job, else 1."""
+    return int(params.get("processes", 1)) if job_type == "train-synthesizer" else 1
+
+
 def parse_indexes(text: str | None) -> list[int]:
     """Kubernetes' compressed index list ("1,3-5") as [1, 3, 4, 5]."""
     out: list[int] = []
@@ -204,6 +219,8 @@ class KubernetesHandle:
     stage_index: int = 0
     #: The experiment's unit names; index i is the pod with $JOB_COMPLETION_INDEX = i.
     units: tuple[str, ...] = ()
+    #: Data-parallel processes of the pod (torchrun, models/torchrun.py): GPUs, CPU and memory x this.
+    processes: int = 1
     next_check: float = 0.0
     #: cancel() deleted the Jobs; poll() reports the end once they are gone.
     deleting: bool = False
@@ -336,12 +353,15 @@ class KubernetesExecutor:
         *,
         attempt: int = 1,
         completions: int | None = None,
+        processes: int = 1,
     ) -> Any:
-        """The ``V1Job`` of one stage (``completions``: the number of units, for stage "units")."""
+        """The ``V1Job`` of one stage (``completions``: the number of units, for stage "units";
+        ``processes``: a data-parallel job's torchrun processes, one GPU each, on one node)."""
         from kubernetes import client
 
         labels = self.labels(job_id, job_type, stage, attempt)
-        threads = str(cpu_threads(self.cpu))
+        cpu, memory = scale_quantity(self.cpu, processes), scale_quantity(self.memory, processes)
+        threads = str(cpu_threads(cpu))
         env = {
             "LESIONSYNTH_JOB_ID": job_id,
             "LESIONSYNTH_MODEL_STORE": str(self.store_root),
@@ -393,9 +413,9 @@ class KubernetesExecutor:
                     ),
                 )
             )
-        resources = {"cpu": self.cpu, "memory": self.memory}
+        resources = {"cpu": cpu, "memory": memory}
         if self.gpu:
-            resources[GPU_RESOURCE] = "1"
+            resources[GPU_RESOURCE] = str(processes)
         container = client.V1Container(
             name=CONTAINER,
             image=self.image,
@@ -489,6 +509,7 @@ class KubernetesExecutor:
             EXPERIMENT_STAGES if experiment else PLAIN_STAGES,
             attempt=job.attempts,
             units=self.experiment_units(job) if experiment else (),
+            processes=data_parallel_processes(job.type, job.params),
         )
         # A new attempt: an earlier attempt's Job still running (one a restart could not adopt, say the API
         # was unreachable) would write to the same checkpoints.
@@ -611,7 +632,12 @@ class KubernetesExecutor:
         with contextlib.suppress(FileNotFoundError):  # the previous stage's bar is not this one's
             (self.state_dir(handle.job_id) / stages.PROGRESS).unlink()
         body = self.build_job(
-            handle.job_id, handle.job_type, handle.stage, attempt=handle.attempt, completions=completions
+            handle.job_id,
+            handle.job_type,
+            handle.stage,
+            attempt=handle.attempt,
+            completions=completions,
+            processes=handle.processes,
         )
         try:
             # Strict: a cluster too old for a field (e.g. backoffLimitPerIndex) refuses the Job instead of
@@ -711,6 +737,7 @@ class KubernetesExecutor:
             attempt=attempt,
             stage_index=stage_index,
             units=self.experiment_units(job) if experiment else (),
+            processes=data_parallel_processes(job.type, job.params),
         )
 
     def _progress(self, handle: KubernetesHandle, stage: str, fraction: float | None) -> None:
