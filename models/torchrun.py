@@ -51,12 +51,19 @@ def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
     ]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _load_prctl():
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: the executor's process-group signals still reach torchrun
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Resolved here, in the parent: between fork and exec the child should do as little as possible.
+_PRCTL = _load_prctl() if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def run_data_parallel(nproc: int, cli_args: list[str], progress_file: Path) -> None:
@@ -74,7 +81,7 @@ def run_data_parallel(nproc: int, cli_args: list[str], progress_file: Path) -> N
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        preexec_fn=_die_with_parent if _PRCTL is not None else None,  # noqa: PLW1509
     )
     errors: list[str] = []
     copier = threading.Thread(target=_copy_output, args=(proc.stdout, errors), daemon=True)

@@ -204,3 +204,42 @@ def test_cancelling_a_data_parallel_job_stops_every_rank(demo_manifest, tmp_path
         assert processes_of_job(job.id) == []
     finally:
         scheduler.stop()
+
+
+def test_a_killed_job_process_leaves_no_rank_behind(demo_manifest, tmp_path):
+    """SIGKILL of the job process alone (not its group, as an OOM kill would): torchrun gets SIGTERM from
+    the kernel (PR_SET_PDEATHSIG) and stops both ranks."""
+    import signal
+    import time
+    import uuid
+
+    from services.training.executor import JOB_ENV, processes_of_job
+
+    marker = f"test-{uuid.uuid4().hex}"
+    progress_file = tmp_path / "progress.json"
+    script = (
+        "import sys; from models.torchrun import run_data_parallel; "
+        "run_data_parallel(2, sys.argv[1:], sys.argv[0])"
+    )
+    args = cli_args(demo_manifest, tmp_path / "model", 1_000_000)
+    job = subprocess.Popen(
+        [sys.executable, "-c", script.replace("sys.argv[0]", repr(str(progress_file))), *args],
+        cwd=REPO,
+        env={**os.environ, JOB_ENV: marker, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not progress_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert progress_file.exists(), "rank 0 never reported progress"
+        assert len(processes_of_job(marker)) >= 4  # the job process, torchrun, 2 ranks
+        job.send_signal(signal.SIGKILL)
+        job.wait(10)
+        deadline = time.monotonic() + 30
+        while processes_of_job(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_of_job(marker) == []
+    finally:
+        for pid in processes_of_job(marker):
+            os.kill(pid, signal.SIGKILL)
