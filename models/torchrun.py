@@ -51,6 +51,18 @@ def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
     ]
 
 
+def torchrun_env(nproc: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for :func:`torchrun_command`'s ranks (from ``base``, default os.environ)."""
+    env = dict(os.environ if base is None else base)
+    threads = int(env.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    env["OMP_NUM_THREADS"] = str(max(1, threads // nproc))
+    env["COLUMNS"] = "100000"  # the CLI's one-line error stays one line (rich wraps at 80 otherwise)
+    # One node (--standalone): gloo's CPU collectives go over loopback. Left to itself gloo picks the
+    # interface the hostname resolves to, and fails where it resolves to nothing (some containers).
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return env
+
+
 def _load_prctl():
     try:
         return ctypes.CDLL(None, use_errno=True).prctl
@@ -71,10 +83,7 @@ def run_data_parallel(nproc: int, cli_args: list[str], progress_file: Path) -> N
     :class:`DataParallelRunFailed` with the ranks' error when it fails."""
     progress_file = Path(progress_file)
     progress_file.unlink(missing_ok=True)
-    env = dict(os.environ)
-    threads = int(env.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-    env["OMP_NUM_THREADS"] = str(max(1, threads // nproc))
-    env["COLUMNS"] = "100000"  # the CLI's one-line error stays one line (rich wraps at 80 otherwise)
+    env = torchrun_env(nproc)
     command = torchrun_command(nproc, [*cli_args, "--progress-file", str(progress_file)])
     proc = subprocess.Popen(
         command,

@@ -23,7 +23,7 @@ from models.distributed import DataParallel
 from models.errors import ConfigError, ParameterError
 from models.jobs import JOB_TYPES, JobContext, JobRoots, validate
 from models.store import ModelStore
-from models.torchrun import DataParallelRunFailed, torchrun_command
+from models.torchrun import DataParallelRunFailed, torchrun_command, torchrun_env
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(600)
@@ -47,7 +47,7 @@ def cli_args(manifest: Path, out: Path, max_steps: int, *extra: str) -> list[str
 
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100000"}
+    env = torchrun_env(nproc, {**os.environ, "OMP_NUM_THREADS": str(nproc)})
     return subprocess.run(
         torchrun_command(nproc, args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )

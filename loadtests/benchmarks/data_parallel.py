@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from loadtests.benchmarks.common import PH2_MANIFEST, PH2_NAME, REPO, ph2_split_manifest, write_report
-from models.torchrun import torchrun_command
+from models.torchrun import torchrun_command, torchrun_env
 
 
 def train_args(manifest: Path, out: Path, steps: int, batch: int) -> list[str]:
@@ -47,7 +47,8 @@ def train_args(manifest: Path, out: Path, steps: int, batch: int) -> list[str]:
 
 
 def run(command: list[str], threads: int, out: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = torchrun_env(1, {**os.environ, "OMP_NUM_THREADS": str(threads)})  # threads per process as given
+    env["MKL_NUM_THREADS"] = str(threads)
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
