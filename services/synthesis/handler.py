@@ -13,16 +13,20 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import groupby
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.data.images import check_pair, decode_image, decode_mask, encode_png
-from models.diffusion.inpaint import DEFAULTS, MAX_SEED, MAX_STEPS, LesionInpainter, check_seed
+from models.diffusion.sampler_settings import DEFAULTS, MAX_SEED, MAX_STEPS, check_seed
 from models.errors import ParameterError
 from services.common.metrics import set_model
 from services.common.model_slot import ModelSlot
 from services.synthesis import metrics
 from services.synthesis.settings import SynthesisSettings
+
+if TYPE_CHECKING:
+    from models.diffusion.inpaint import LesionInpainter
 
 
 @dataclass
@@ -73,6 +77,8 @@ def parse_task(
 class SynthesisHandler:
     def __init__(self, settings: SynthesisSettings):
         import torch
+
+        from models.diffusion.inpaint import LesionInpainter  # torch: in the worker, not at import
 
         self.settings = settings
         device = settings.device

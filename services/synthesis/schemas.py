@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from models.data.images import max_pixels_from_env
-from models.diffusion.inpaint import MAX_SEED, MAX_STEPS
+from models.diffusion.sampler_settings import MAX_SEED, MAX_STEPS
 from models.errors import LesionsynthError
 from services.common.metrics import REJECTED
 from services.common.payloads import b64
