@@ -143,7 +143,8 @@ def report(samples: list[dict], workdir: Path, args, duration: int) -> int:
         "# Soak",
         "",
         f"Command: `{command}` ({result['date']}); {duration} s of steady load, memory sampled every "
-        f"{args.interval:.0f} s, growth measured from the end of a {args.warmup:.0f} s warm-up. Plot: soak.png.",
+        f"{args.interval:.0f} s, growth measured from the end of a {args.warmup:.0f} s warm-up. "
+        f"Plot: {args.out.with_suffix('.png').name}.",
         "",
         "| service | users | requests | failures | req/s | p99 ms |",
         "|---|---:|---:|---:|---:|---:|",
