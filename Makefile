@@ -79,6 +79,10 @@ bench-services: setup
 
 # Issue 6, the long runs (CI runs short versions inside `make test`). Each uses the services of
 # `make serve` when they answer on the default ports, else starts them, and writes its figures to docs/.
+.PHONY: rehearse-images
+rehearse-images: setup   # each image's requirements file installed + served, no Docker -> docs/images.md
+	$(PY) deploy/docker/rehearse.py classifier classifier.gpu synthesis synthesis.gpu training training.gpu
+
 .PHONY: loadtest soak fuzz
 loadtest: setup   # every locust scenario, 16 users x 60 s -> docs/loadtest.md + docs/loadtest/*.csv
 	$(PY) -m loadtests.run_load

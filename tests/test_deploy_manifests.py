@@ -207,6 +207,16 @@ def check_probes_and_resources(docs) -> list[str]:
         gpu_lim = res.get("limits", {}).get("nvidia.com/gpu")
         if (gpu_req is not None or gpu_lim is not None) and str(gpu_req) != str(gpu_lim):
             problems.append(f"{where}: nvidia.com/gpu request {gpu_req} != limit {gpu_lim}")
+    env = effective_env(docs, container(docs, "classifier"))
+    rest_threads, ort_threads = (
+        int(env.get("LESIONSYNTH_CLASSIFIER_THREADS", 4)),
+        int(env.get("LESIONSYNTH_ORT_THREADS", 1)),
+    )
+    if rest_threads > 1 and ort_threads != 1:
+        # The measured best (docs/benchmarks/services.md); 4 x 2 threads oversubscribe a 2-CPU limit.
+        problems.append(
+            f"classifier: {rest_threads} REST threads x {ort_threads} ORT threads: use 1 ORT thread"
+        )
     for service, (_target, rest, grpc, health_name) in SERVICES.items():
         c = container(docs, service)
         where = f"lesionsynth-{service}"
@@ -753,6 +763,14 @@ def _mutations():
             "no memory limit",
             "gpu",
             lambda d: ctr(d, "lesionsynth-classifier")["resources"]["limits"].pop("memory"),
+            check_probes_and_resources,
+        ),
+        (
+            "classifier ORT threads oversubscribing its REST threads",
+            "gpu",
+            lambda d: next(
+                m for m in by_kind(d, "ConfigMap").values() if "LESIONSYNTH_ORT_THREADS" in m["data"]
+            )["data"].update(LESIONSYNTH_ORT_THREADS="2"),
             check_probes_and_resources,
         ),
         (

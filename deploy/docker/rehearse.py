@@ -216,6 +216,8 @@ def rehearse(image: str, store: Path) -> dict:
         app = read_only_app(facts, work)
         tmp = work / "tmp"
         tmp.mkdir()
+        for volume in ("datasets", "outputs", "jobs"):  # the training pod's mounted volumes
+            (work / "data" / volume).mkdir(parents=True)
         port = PORTS[role]
         rest = free_port()
         cmd = [built["python"].parent / facts["cmd"][0], *facts["cmd"][1:]]
