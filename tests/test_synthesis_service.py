@@ -412,3 +412,19 @@ def test_the_service_module_imports_without_torch(tiny_synth, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_cuda_requested_without_a_gpu_is_refused_in_one_line(tiny_synth, tmp_path, monkeypatch):
+    import torch
+
+    from models.errors import ConfigError
+    from services.synthesis.handler import SynthesisHandler
+    from services.synthesis.settings import SynthesisSettings
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("LESIONSYNTH_SYNTHESIZER", str(tiny_synth))
+    monkeypatch.setenv("LESIONSYNTH_MODEL_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("LESIONSYNTH_DEVICE", "cuda")
+    with pytest.raises(ConfigError, match="LESIONSYNTH_DEVICE=cuda but torch sees no CUDA device"):
+        SynthesisHandler(SynthesisSettings.from_env())

@@ -157,6 +157,8 @@ def service_env(facts: dict, python: Path, tmp: Path, store: Path, port_grpc: in
         value = value.replace("/data/", f"{tmp.parent / 'data'}/")  # the job volumes (training)
         env[key] = value
     env["PATH"] = env.get("PATH", f"{python.parent}:/usr/bin:/bin")
+    if "LESIONSYNTH_DEVICE" in env and not Path("/dev/nvidiactl").exists():
+        env["LESIONSYNTH_DEVICE"] = "cpu"  # a GPU image on a machine without a GPU: its CUDA is unchecked
     env["LESIONSYNTH_HOST"] = "127.0.0.1"
     env["LESIONSYNTH_GRPC_PORT"] = str(port_grpc)
     return env

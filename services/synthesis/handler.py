@@ -19,7 +19,7 @@ import numpy as np
 
 from models.data.images import check_pair, decode_image, decode_mask, encode_png
 from models.diffusion.sampler_settings import DEFAULTS, MAX_SEED, MAX_STEPS, check_seed
-from models.errors import ParameterError
+from models.errors import ConfigError, ParameterError
 from services.common.metrics import set_model
 from services.common.model_slot import ModelSlot
 from services.synthesis import metrics
@@ -84,6 +84,12 @@ class SynthesisHandler:
         device = settings.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            # Said in one line before the model load would fail deep inside torch with a traceback.
+            raise ConfigError(
+                f"LESIONSYNTH_DEVICE={device} but torch sees no CUDA device (no GPU, driver or CUDA build "
+                "here): run on a GPU node, or set LESIONSYNTH_DEVICE=cpu or auto"
+            )
         self.device = device
         self._lock = threading.Lock()
         self.slot = ModelSlot(
