@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "--store", type=Path, default=REPO / "runs" / "model-store", help="a model store (make serve's)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    parser.add_argument("--update", action="store_true", help="keep the other images' rows of --out")
     args = parser.parse_args(argv)
     if not (args.store / "classifier-onnx").is_dir():
         raise SystemExit(f"no classifier-onnx models in {args.store}: run `make serve` once, or pass --store")
@@ -308,35 +309,53 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{image}: FAILED\n{exc}", flush=True)
             results.append({"image": image, "ok": False, "error": str(exc)[-1500:]})
     command = "python deploy/docker/rehearse.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    summary = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d"),
-        "python": sys.version.split()[0],
-        "results": results,
-    }
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    run_info = {"command": command, "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0]}
+    for r in results:
+        r["run"] = run_info
+    previous = args.out.with_suffix(".json")
+    if args.update and previous.is_file():
+        # Keep the rows of images not rehearsed this time (each row says which run produced it).
+        rehearsed = {r["image"] for r in results}
+        kept = [r for r in json.loads(previous.read_text())["results"] if r["image"] not in rehearsed]
+        order = {name: i for i, name in enumerate(IMAGES)}
+        results = sorted([*kept, *results], key=lambda r: order.get(r["image"], len(order)))
+    args.out.with_suffix(".json").write_text(json.dumps({"results": results}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(render(results))
+    print(f"wrote {args.out.with_suffix('.md')}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+IMAGES = ("classifier", "classifier.gpu", "synthesis", "synthesis.gpu", "training", "training.gpu")
+
+
+def render(results: list[dict]) -> str:
+    runs = {json.dumps(r["run"], sort_keys=True): r["run"] for r in results}
     md = [
         "# Image rehearsals: each image's Python environment built and started without a container engine",
         "",
-        f"Command: `{command}` ({summary['date']}, CPython {summary['python']}; the images use 3.11.18). What it",
-        "does and what it cannot check: deploy/docker/rehearse.py's docstring.",
+        "What it does and what it cannot check: deploy/docker/rehearse.py's docstring. GPU images run on the",
+        "CPU here (LESIONSYNTH_DEVICE=cpu; ONNX Runtime's CUDA provider absent): their CUDA is unchecked.",
+        "",
+    ]
+    md += [
+        f"- `{run['command']}` ({run['date']}, CPython {run['python']}; the images use 3.11.18)"
+        for run in runs.values()
+    ]
+    md += [
         "",
         "| image | requirements | packages | pip install s | pip check | ready s | request | HEALTHCHECK | writes in app dir | ok |",
         "|---|---|---:|---:|---|---:|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            reason = failure_reason(r["error"])
-            md.append(f"| {r['image']} | | | | | | failed: {reason} | | | **no** |")
+            md.append(f"| {r['image']} | | | | | | failed: {failure_reason(r['error'])} | | | **no** |")
             continue
         md.append(
             f"| {r['image']} | {r['requirements']} | {r['packages']} | {r['build_seconds']['requirements_s']} | passed | "
             f"{r['ready_seconds']} | {r['request']} | exit {r['healthcheck_exit']} | {len(r['app_dir_writes'])} | "
             f"{'yes' if r['ok'] else '**no**'} |"
         )
-    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print(f"wrote {args.out.with_suffix('.md')}")
-    return 0 if all(r["ok"] for r in results) else 1
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":
