@@ -117,6 +117,15 @@ def test_auth_refuses_missing_and_wrong_tokens_but_health_stays_open(service, im
 
 
 def test_bad_inputs_and_metrics(service, images):
+    # gRPC first: the metrics read below must see a gRPC call whatever ran before this test.
+    with grpc.insecure_channel(service.grpc_target) as channel:
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Classify(classifier_pb2.ClassifyRequest(image=b"nope"), metadata=GRPC_AUTH)
+        assert (
+            err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "not a supported image" in err.value.details()
+        )
     with httpx.Client(base_url=service.url, headers=AUTH, timeout=60) as http:
         cases = [
             (dict(files={"image": ("x.png", b"GIF89a....", "image/gif")}), "not a supported image"),
@@ -146,14 +155,6 @@ def test_bad_inputs_and_metrics(service, images):
         "bentoml_service_request_total",
     ):
         assert name in metrics, name
-    with grpc.insecure_channel(service.grpc_target) as channel:
-        stub = classifier_pb2_grpc.ClassifierStub(channel)
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Classify(classifier_pb2.ClassifyRequest(image=b"nope"), metadata=GRPC_AUTH)
-        assert (
-            err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            and "not a supported image" in err.value.details()
-        )
 
 
 def test_triton_backend_gives_the_same_scores_and_says_when_triton_is_down(

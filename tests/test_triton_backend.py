@@ -123,3 +123,26 @@ def test_unavailable_while_stopped_then_recovers_on_the_same_ports(triton, repos
     finally:
         backend.close()
         triton.start()  # leave the module's server running for any later test
+
+
+def test_the_first_call_after_a_long_outage_answers(triton, repository):
+    """Repeated failures grow gRPC's reconnect backoff; a fresh channel must not inherit it from the
+    shared subchannel pool (CI once failed the first request after Triton's restart this way)."""
+    import time
+
+    backend = TritonBackend(triton.grpc_url, DEFAULT_NAME, timeout_s=5.0)
+    batch = np.random.default_rng(2).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    try:
+        np.testing.assert_allclose(backend.infer(batch), _onnxruntime_scores(repository, batch), atol=1e-5)
+        triton.stop()
+        dropped = []  # the failed clients, alive as an uncollected channel would be (grpc objects in cycles)
+        for _ in range(8):
+            dropped.append(backend._get_client())
+            with pytest.raises(BackendUnavailable):
+                backend.infer(batch)
+            time.sleep(0.5)
+        triton.start()
+        np.testing.assert_allclose(backend.infer(batch), _onnxruntime_scores(repository, batch), atol=1e-5)
+    finally:
+        backend.close()
+        triton.start()

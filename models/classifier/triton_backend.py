@@ -46,8 +46,34 @@ class TritonBackend:
         with self._lock:
             if self._client is None:
                 # Creating a channel does not connect: the first call does, and fails fast when it cannot.
-                self._client = self._grpcclient.InferenceServerClient(self.url)
+                self._client = self._grpcclient.InferenceServerClient(
+                    self.url, channel_args=self._channel_args()
+                )
             return self._client
+
+    def _channel_args(self) -> list[tuple[str, int]]:
+        """tritonclient's defaults (message sizes, keepalive) plus a private subchannel pool.
+
+        Why the pool: gRPC shares subchannels between channels to the same address by default, so the
+        fresh channel opened after a failure would inherit the old subchannel's reconnect backoff
+        (1 s growing to 120 s) and keep answering "failed to connect" for that long after Triton is back
+        (seen in CI: the first request after Triton's restart failed). With its own pool a fresh channel
+        connects at once; the short backoff bounds how long a live channel waits to reconnect.
+        """
+        keepalive = self._grpcclient.KeepAliveOptions()
+        size = self._grpcclient.MAX_GRPC_MESSAGE_SIZE
+        return [
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
 
     def _drop(self, client) -> None:
         # Forget a client whose channel failed; a caller still using it keeps its own reference.
@@ -62,16 +88,22 @@ class TritonBackend:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[0] == 0:
             raise ValueError(f"expected a batch of shape (N, 3, S, S) with N >= 1, got {batch.shape}")
-        client = self._get_client()
         inp = self._grpcclient.InferInput(INPUT_NAME, list(batch.shape), "FP32")
         inp.set_data_from_numpy(batch)
+        outputs = [self._grpcclient.InferRequestedOutput(OUTPUT_NAME)]
+        client = self._get_client()
         try:
-            result = client.infer(
-                self.model_name,
-                [inp],
-                outputs=[self._grpcclient.InferRequestedOutput(OUTPUT_NAME)],
-                client_timeout=self.timeout_s,
-            )
+            try:
+                result = client.infer(self.model_name, [inp], outputs=outputs, client_timeout=self.timeout_s)
+            except InferenceServerException as first:
+                if (first.status() or "").removeprefix("StatusCode.") != "UNAVAILABLE":
+                    raise
+                # A channel that failed while Triton was away may still report its old error (gRPC's
+                # reconnect backoff): try once more on a fresh channel. Connection refused is immediate,
+                # so a Triton that is really down costs a second fast failure, not a second timeout.
+                self._drop(client)
+                client = self._get_client()
+                result = client.infer(self.model_name, [inp], outputs=outputs, client_timeout=self.timeout_s)
         except InferenceServerException as e:
             status = (e.status() or "").removeprefix("StatusCode.")
             if status == "INVALID_ARGUMENT":
