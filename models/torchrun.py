@@ -1,14 +1,14 @@
-"""Run a ``lesionsynth`` CLI command data-parallel under ``torchrun``, from a job.
+"""Run a module data-parallel under ``torchrun``, from a job.
 
 A job stays a plain function (models/jobs/base.py) whichever executor runs it: for ``processes > 1`` the
 ``train-synthesizer`` job calls :func:`run_data_parallel`, which starts ``torchrun --standalone
---nproc-per-node N -m models.cli ...`` as a child and waits for it. The same code runs in a local job
+--nproc-per-node N -m models.jobs.synthesizer_ranks ...`` as a child and waits for it. The same code runs in a local job
 process and in a Kubernetes Job pod that asked for N GPUs (services/training/k8s_executor.py).
 
 - Progress: rank 0 writes its bar to a JSON file (``--progress-file``); the job process re-reports it on
   its own bar, which reaches the job record through the job's progress sink.
 - Output: the ranks' output is copied line by line to this process's stderr (the job log); the last
-  ``error:`` line (the CLI's one-line user error) becomes the job's error message.
+  ``error:`` line (the module's one-line user error) becomes the job's error message.
 - Stopping: torchrun is in this process's process group, so the executor's SIGTERM/SIGKILL of the group
   reaches it, and torchrun stops its ranks. On Linux it is also told to get SIGTERM if this process dies
   (``PR_SET_PDEATHSIG``), so a killed job leaves no ranks behind.
@@ -37,7 +37,8 @@ class DataParallelRunFailed(LesionsynthError):
     """torchrun ended with a non-zero status."""
 
 
-def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
+def torchrun_command(nproc: int, args: list[str], module: str = "models.cli") -> list[str]:
+    """``python -m torch.distributed.run ... -m <module> <args>``: ``nproc`` ranks on this node."""
     return [
         sys.executable,
         "-m",
@@ -46,8 +47,8 @@ def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
         f"--nproc-per-node={nproc}",
         "--max-restarts=0",  # the job is resumed by the training service, from its checkpoints
         "-m",
-        "models.cli",
-        *cli_args,
+        module,
+        *args,
     ]
 
 
@@ -78,13 +79,14 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def run_data_parallel(nproc: int, cli_args: list[str], progress_file: Path) -> None:
-    """Run ``lesionsynth <cli_args> --progress-file <progress_file>`` on ``nproc`` ranks; raise
-    :class:`DataParallelRunFailed` with the ranks' error when it fails."""
+def run_data_parallel(nproc: int, args: list[str], progress_file: Path, module: str = "models.cli") -> None:
+    """Run ``python -m <module> <args> --progress-file <progress_file>`` on ``nproc`` ranks (the module
+    prints a user error as one ``error: ...`` line); raise :class:`DataParallelRunFailed` with the ranks'
+    error when it fails."""
     progress_file = Path(progress_file)
     progress_file.unlink(missing_ok=True)
     env = torchrun_env(nproc)
-    command = torchrun_command(nproc, [*cli_args, "--progress-file", str(progress_file)])
+    command = torchrun_command(nproc, [*args, "--progress-file", str(progress_file)], module)
     proc = subprocess.Popen(
         command,
         env=env,

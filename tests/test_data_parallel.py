@@ -191,7 +191,7 @@ def test_cancelling_a_data_parallel_job_stops_every_rank(demo_manifest, tmp_path
         ranks = [
             pid
             for pid in processes_of_job(job.id)
-            if b"models.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"models.jobs.synthesizer_ranks" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
         assert len(ranks) >= 3, "torchrun and its two ranks"  # torchrun + 2 rank processes
         scheduler.cancel(job.id)

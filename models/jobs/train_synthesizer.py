@@ -99,27 +99,17 @@ def _settings(params: dict, out: Path):
 
 
 def _train_data_parallel(params: dict, out: Path, ctx: JobContext) -> dict:
-    """The same settings as ``_settings``, as CLI options for ``torchrun ... -m models.cli``."""
+    """``_settings`` on ``processes`` torchrun ranks (models/jobs/synthesizer_ranks.py)."""
+    from models.artifacts import atomic_write_json
     from models.diffusion.folder import read_card
     from models.torchrun import run_data_parallel
 
-    args = [
-        "train-synthesizer",
-        f"--manifest={params['manifest']}",
-        f"--lesion-label={params['lesion_label']}",
-        f"--out={out}",
-        f"--resolution={params['resolution']}",
-        f"--preset={params['preset']}",
-        "--mask-conditioning" if params["mask_conditioning"] else "--no-mask-conditioning",
-        f"--max-steps={params['max_steps']}",
-        f"--batch-size={params['batch_size']}",
-        f"--learning-rate={params['learning_rate']!r}",
-        f"--checkpoint-every={params['checkpoint_every']}",
-        f"--seed={params['seed']}",
-        "--resume",
-        "--no-progress",
-    ]
-    if params["device"]:
-        args.append(f"--device={params['device']}")
-    run_data_parallel(params["processes"], args, Path(ctx.work_dir) / "progress.json")
+    params_file = Path(ctx.work_dir) / "params.json"
+    atomic_write_json(params_file, params)
+    run_data_parallel(
+        params["processes"],
+        ["--params", str(params_file), "--out", str(out)],
+        Path(ctx.work_dir) / "progress.json",
+        module="models.jobs.synthesizer_ranks",
+    )
     return read_card(out)
