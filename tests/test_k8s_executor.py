@@ -601,30 +601,27 @@ def test_an_adopted_job_survives_any_number_of_restarts_without_counting_attempt
     """Restarts of the service do not restart the work on the cluster, so they are not attempts; only a
     job whose Jobs are gone is requeued, and that counts towards max_attempts."""
     roots = JobRoots((tmp_path,), tmp_path / "outputs")
+
+    def restarted_service() -> JobScheduler:
+        """A new service process: a fresh executor and scheduler, which recovers first (as start() does)."""
+        executor = executor_for(cluster, store, tmp_path)
+        scheduler = JobScheduler(store, executor, roots=roots, lock_dir=tmp_path, max_attempts=2)
+        scheduler.recover()
+        return scheduler
+
     job = submit(store, "export", PLAIN)
     JobScheduler(store, executor_for(cluster, store, tmp_path), roots=roots, lock_dir=tmp_path).tick()
     for _ in range(4):  # four service restarts, more than max_attempts
-        scheduler = JobScheduler(
-            store, executor_for(cluster, store, tmp_path), roots=roots, lock_dir=tmp_path, max_attempts=2
-        )
-        scheduler.recover()
-        scheduler.tick()
+        restarted_service().tick()
     record = store.get(job.id)
     assert (record.state, record.attempts) == ("running", 1)
     assert cluster.created() == [f"lesionsynth-job-{job.id[:12]}"] and cluster.deleted() == []
-    for attempt in (2,):  # its Job vanishes twice: attempt 2, then interrupted
-        del cluster.jobs[next(iter(cluster.jobs))]
-        scheduler = JobScheduler(
-            store, executor_for(cluster, store, tmp_path), roots=roots, lock_dir=tmp_path, max_attempts=2
-        )
-        scheduler.recover()
-        scheduler.tick()
-        assert (store.get(job.id).state, store.get(job.id).attempts) == ("running", attempt)
-    del cluster.jobs[next(iter(cluster.jobs))]
-    scheduler = JobScheduler(
-        store, executor_for(cluster, store, tmp_path), roots=roots, lock_dir=tmp_path, max_attempts=2
-    )
-    scheduler.recover()
+
+    del cluster.jobs[next(iter(cluster.jobs))]  # its Job vanishes: requeued as attempt 2
+    restarted_service().tick()
+    assert (store.get(job.id).state, store.get(job.id).attempts) == ("running", 2)
+    del cluster.jobs[next(iter(cluster.jobs))]  # and again: max_attempts reached
+    restarted_service()
     record = store.get(job.id)
     assert record.state == "interrupted" and "2 times" in record.error
 
