@@ -44,8 +44,6 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "deploy" / "docker"
-#: Requests that exercise each service once its /readyz answers: (path, how to build the request).
-PORTS = {"classifier": 3001, "synthesis": 3000, "training": 3002}
 
 
 def parse_dockerfile(path: Path) -> dict:
@@ -220,7 +218,7 @@ def rehearse(image: str, store: Path) -> dict:
         tmp.mkdir()
         for volume in ("datasets", "outputs", "jobs"):  # the training pod's mounted volumes
             (work / "data" / volume).mkdir(parents=True)
-        port = PORTS[role]
+        port = facts["cmd"][facts["cmd"].index("--port") + 1]  # the image's REST port (its HEALTHCHECK's)
         rest = free_port()
         cmd = [built["python"].parent / facts["cmd"][0], *facts["cmd"][1:]]
         cmd = [str(c) for c in cmd]
