@@ -1,12 +1,13 @@
 """Classifier training: every balancing strategy on demo data (tiny settings), threshold, resume, errors."""
 
 import json
-import shutil
 
 import pytest
 import torch
 
 from models.balance import BalanceSettings, balance_dataset
+from models.checkpoints import latest_checkpoint
+from models.classifier import train as train_module
 from models.classifier.balancing import STRATEGIES, Strategy
 from models.classifier.config import ClassifierConfig
 from models.classifier.folder import load_classifier
@@ -79,18 +80,37 @@ def test_strategy_epochs_and_weights():
         Strategy("smote")
 
 
-def test_resume_continues_to_the_same_model(tmp_path, demo_manifest):
+class Died(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+def test_resume_continues_to_the_same_model(tmp_path, demo_manifest, monkeypatch):
     straight = train_classifier(settings(demo_manifest, tmp_path / "a", epochs=3))
+    assert not (tmp_path / "a" / "checkpoints").exists()  # a finished run keeps no checkpoints
+
     partial = tmp_path / "b"
-    train_classifier(settings(demo_manifest, partial, epochs=3))
-    (partial / "model_card.json").unlink()
-    shutil.rmtree(sorted((partial / "checkpoints").iterdir())[-1])  # as if the process died after epoch 2
+    real_save = train_module.save_checkpoint
+
+    def save_then_die_after_epoch_2(root, step, *args, **kwargs):
+        written = real_save(root, step, *args, **kwargs)
+        if step == 2:
+            raise Died
+        return written
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die_after_epoch_2)
+    with pytest.raises(Died):
+        train_classifier(settings(demo_manifest, partial, epochs=3))
+    monkeypatch.undo()
+    assert not (partial / "model_card.json").exists()
+    assert latest_checkpoint(partial / "checkpoints").name == "step-000002"
+
     resumed = train_classifier(settings(demo_manifest, partial, epochs=3, resume=True))
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert resumed["history"][-1]["train_loss"] == pytest.approx(
         straight["history"][-1]["train_loss"], rel=1e-4
     )
     assert resumed["threshold"] == pytest.approx(straight["threshold"], rel=1e-4)
+    assert not (partial / "checkpoints").exists()
 
 
 def test_errors(tmp_path, demo_manifest):

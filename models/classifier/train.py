@@ -9,13 +9,17 @@
    score ``val``; keep the weights with the best val AUC (ties: lower val loss); stop after ``patience``
    epochs without improvement;
 6. choose the operating threshold on ``val`` (the most specific threshold reaching the target
-   sensitivity) and write the folder with its model card.
+   sensitivity) and write the folder with its model card;
+7. delete the checkpoints: a finished run is recognised by its card, and resuming it returns that card,
+   so nothing reads them again. Each one holds the weights three times (model, best, AdamW's two moments
+   count twice), ~400 MB for a ResNet-50: an experiment of 4 strategies x 10 seeds kept 16 GB of them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -236,4 +240,8 @@ def train_classifier(s: ClassifierTrainSettings) -> dict:
         "manifest_sha256": run["manifest_sha256"],
         "device": str(device),
     }
-    return write_classifier(out, best_state, s.config, card)
+    card = write_classifier(out, best_state, s.config, card)
+
+    # 7. The run is finished: its checkpoints are dead weight.
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    return card

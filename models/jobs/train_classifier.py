@@ -6,7 +6,6 @@ the last finished epoch), and the checkpoints are deleted once the model is in t
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from models.jobs import params as p
@@ -65,7 +64,6 @@ def run(params: dict, ctx: JobContext) -> dict:
         )
     )
     stored = ctx.store.publish("classifier", out)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return {
         "kind": "classifier",
         "version": stored.version,
