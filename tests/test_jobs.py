@@ -457,6 +457,10 @@ def test_a_job_runs_in_its_own_process_and_publishes(service, demo_manifest, tmp
     log = service.logs(job.id)
     assert "stage: train synthesizer" in log and "job succeeded" in log
     assert_no_partial_models(tmp_path / "store")
+    # The model is in the store; the job's scratch copy and checkpoints go once the scheduler has seen
+    # the worker exit (the record says succeeded just before); its log stays.
+    wait_for(lambda: not service.executor.work_dir(job.id).exists(), 10.0, "the work folder to go")
+    assert service.executor.log_path(job.id).is_file()
     with pytest.raises(ConfigError, match="another training service"):
         JobScheduler.local(tmp_path / "jobs", service.roots, tmp_path / "store").start()
 

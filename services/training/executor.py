@@ -45,6 +45,8 @@ class Executor(Protocol):
       scheduler then requeues or interrupts it), or, when its work survives the service and is still
       running (Kubernetes Jobs), adopt it and return a handle: the job stays "running", same attempt.
     - ``read_log(job_id, tail_bytes) -> str``: the end of the job's log.
+    - ``work_dir(job_id) -> Path``: the job's scratch folder (checkpoints, a model before it is published),
+      kept across attempts so a rerun resumes; the scheduler deletes it once the job succeeded.
     """
 
     def start(self, job: JobRecord) -> Any: ...
@@ -56,6 +58,8 @@ class Executor(Protocol):
     def reap_orphan(self, job: JobRecord) -> Any | None: ...
 
     def read_log(self, job_id: str, tail_bytes: int = 65536) -> str: ...
+
+    def work_dir(self, job_id: str) -> Path: ...
 
 
 def exit_reason(code: int) -> str:
@@ -86,7 +90,8 @@ class LocalProcessExecutor:
     """Each job runs as ``python -m services.training.worker ...`` in its own session (process group).
 
     Layout under ``jobs_dir``: ``<id>/log.txt`` (the job's stdout and stderr, appended across attempts)
-    and ``<id>/work/`` (its checkpoints, kept across attempts so a rerun resumes).
+    and ``<id>/work/`` (its checkpoints, kept across attempts so a rerun resumes; the scheduler deletes it
+    when the job succeeded).
 
     The worker asks the kernel to SIGKILL it when the service dies (``PR_SET_PDEATHSIG``, see
     worker.py), so a killed service leaves no job running unsupervised; the restarted service resumes it
@@ -113,6 +118,9 @@ class LocalProcessExecutor:
 
     def log_path(self, job_id: str) -> Path:
         return self.jobs_dir / job_id / LOG_NAME
+
+    def work_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id / WORK_NAME
 
     def command(self, job_id: str) -> list[str]:
         return [

@@ -335,6 +335,9 @@ class KubernetesExecutor:
     def state_dir(self, job_id: str) -> Path:
         return stages.state_dir(self.output_root, job_id)
 
+    def work_dir(self, job_id: str) -> Path:
+        return self.state_dir(job_id) / stages.WORK
+
     def command(self, job_id: str, stage: str) -> list[str]:
         return [
             "python",

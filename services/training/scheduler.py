@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -244,6 +245,8 @@ class JobScheduler:
         if job is None or job.finished:
             if job is not None:
                 log.info("job %s %s", job_id, job.state)
+            if job is not None and job.state == "succeeded":
+                self._discard_work(job_id)
             return
         if job.cancel_requested:
             self.store.cancel(job_id)
@@ -252,6 +255,15 @@ class JobScheduler:
         else:
             self.store.finish(job_id, "failed", error=exit_reason(code))
         log.info("job %s %s (%s)", job_id, self.store.get(job_id).state, exit_reason(code))
+
+    def _discard_work(self, job_id: str) -> None:
+        """A succeeded job's scratch folder: what it made is in the model store or its output folder, so
+        what is left (a copy of the published model, an ONNX export's two graphs) only fills the volume.
+        Failed, cancelled and interrupted jobs keep theirs, for a look and for a rerun to resume."""
+        work = self.executor.work_dir(job_id)
+        shutil.rmtree(work, ignore_errors=True)
+        if work.exists():
+            log.warning("job %s: could not remove its work folder", job_id)
 
     @property
     def running_jobs(self) -> list[str]:
