@@ -408,7 +408,7 @@ def test_a_plain_job_runs_as_one_job_and_its_result_is_recorded(cluster, store, 
     assert store.get(job.id).state == "running" and store.get(job.id).pid is None
 
     # Running: the pod's progress file reaches the record; a pod waiting for a GPU says so.
-    (folder / "progress.json").write_text(json.dumps({"stage": "export onnx", "progress": 0.25}))
+    (folder / "progress.json").write_text(json.dumps({"desc": "export onnx", "n": 1, "total": 4}))
     cluster.add_pod(name, unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
     scheduler.tick()
     record = store.get(job.id)
@@ -893,3 +893,18 @@ def test_without_a_cluster_the_kubernetes_executor_says_so(monkeypatch, tmp_path
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     with pytest.raises(ConfigError, match="needs the Kubernetes API: no in-cluster service account"):
         kubernetes_clients()
+
+
+def test_a_pods_progress_file_reads_back_as_stage_and_fraction(tmp_path):
+    """The pod writes its bar in models.progress.JsonFileSink's format (as torchrun ranks do); the executor
+    reads the stage, with the pod's prefix, and the fraction, clamped to [0, 1]."""
+    assert stages.read_progress(tmp_path) is None
+    sink = stages.FileProgress(tmp_path, prefix="prepare: ")
+    sink("decode train", 3, 12)
+    assert stages.read_progress(tmp_path) == ("prepare: decode train", 0.25)
+    sink("decode val", 5, None)  # a bar without a total
+    assert stages.read_progress(tmp_path) == ("prepare: decode val", 0.0)
+    sink("decode val", 13, 12)
+    assert stages.read_progress(tmp_path) == ("prepare: decode val", 1.0)
+    (tmp_path / stages.PROGRESS).write_text("{not json")
+    assert stages.read_progress(tmp_path) is None

@@ -10,8 +10,8 @@ shared outputs volume (ReadWriteMany), ``<output_root>/.lesionsynth-jobs/<job id
 
 - ``spec.json``      written by the service before it creates the Job: the job's id, type and parameters;
 - ``work/``          the job's checkpoints (its ``JobContext.work_dir``), kept across attempts: a rerun resumes;
-- ``progress.json``  the current tqdm bar ``{"stage", "progress"}`` (stages job, prepare, aggregate), which
-                     the executor copies into the job record while it polls;
+- ``progress.json``  the current tqdm bar ``{"desc", "n", "total"}`` (models.progress.JsonFileSink; stages
+                     job, prepare, aggregate), which the executor copies into the job record while it polls;
 - ``prepared.json``  the experiment's prepared data (written by ``prepare``, read by ``unit`` and ``aggregate``);
 - ``result.json``    ``{"result": ...}`` of a successful job (stage ``job`` or ``aggregate``), which the
                      executor records as the job's result.
@@ -46,6 +46,8 @@ import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+from models.progress import JsonFileSink, read_progress_file
 
 log = logging.getLogger("lesionsynth.stage")
 
@@ -89,13 +91,12 @@ def write_spec(folder: Path, job_id: str, job_type: str, params: dict) -> None:
 
 
 def read_progress(folder: Path) -> tuple[str, float] | None:
-    value = _read_json(folder / PROGRESS)
-    if not isinstance(value, dict):
+    """(stage, fraction done) of the pod's current bar; None before it wrote one."""
+    reported = read_progress_file(folder / PROGRESS)
+    if reported is None:
         return None
-    try:
-        return str(value.get("stage", "")), float(value.get("progress", 0.0))
-    except (TypeError, ValueError):
-        return None
+    stage, n, total = reported
+    return stage, min(max(n / total if total else 0.0, 0.0), 1.0)
 
 
 def read_result(folder: Path) -> dict | None:
@@ -110,18 +111,20 @@ def clear_outcome(folder: Path) -> None:
             (folder / name).unlink()
 
 
-class FileProgress:
-    """The progress sink of a pod: the current bar to ``progress.json`` (models.progress throttles it)."""
+class FileProgress(JsonFileSink):
+    """The progress sink of a pod: the current bar to ``progress.json`` (models.progress throttles it),
+    in the format torchrun ranks use too; each new stage also goes to the pod's log."""
 
     def __init__(self, folder: Path, prefix: str = ""):
-        self.path, self.prefix, self.stage = folder / PROGRESS, prefix, None
+        super().__init__(folder / PROGRESS)
+        self.prefix, self.stage = prefix, None
 
     def __call__(self, desc: str, n: float, total: float | None) -> None:
         stage = f"{self.prefix}{desc}"
         if stage != self.stage:
             self.stage = stage
             log.info("stage: %s", stage or "(unnamed)")
-        _write_json(self.path, {"stage": stage, "progress": min(max(n / total if total else 0.0, 0.0), 1.0)})
+        super().__call__(stage, n, total)
 
 
 # -- stages -------------------------------------------------------------------------------------------
