@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,14 @@ def held_out_sets(manifest_path: Path, lesion_label: str, resolution: int, margi
             ]
         ),
     )
+
+
+def round_ratios(numerators: list[float], denominators: list[float]) -> tuple[list[float], float]:
+    """Per-round ratios of two interleaved series and their median (the figure the docs quote: these
+    machines are noisy, so each round compares two runs made seconds apart and the median drops outliers).
+    """
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
+    return [round(x, 3) for x in ratios], round(statistics.median(ratios), 3)
 
 
 def write_report(out_dir: Path, name: str, result: dict, markdown: str) -> None:

@@ -26,7 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.benchmarks.common import PH2_MANIFEST, PH2_NAME, REPO, ph2_split_manifest, write_report
+from loadtests.benchmarks.common import (
+    PH2_MANIFEST,
+    PH2_NAME,
+    REPO,
+    ph2_split_manifest,
+    round_ratios,
+    write_report,
+)
 from models.torchrun import torchrun_command, torchrun_env
 
 
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"round {r}: single {results['single'][-1]:.1f} img/s, ddp {results['ddp'][-1]:.1f} img/s",
                 flush=True,
             )
-    ratios = [d / s for d, s in zip(results["ddp"], results["single"], strict=True)]
+    ratios, median = round_ratios(results["ddp"], results["single"])
     command = "python -m loadtests.benchmarks.data_parallel " + " ".join(argv or [])
     summary = {
         "command": command.strip(),
@@ -107,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "processes": args.processes,
         "images_per_s": {k: [round(v, 2) for v in vs] for k, vs in results.items()},
         "final_loss": {k: [round(v, 4) for v in vs] for k, vs in losses.items()},
-        "ratio_ddp_vs_single_per_round": [round(x, 3) for x in ratios],
-        "ratio_median": round(sorted(ratios)[len(ratios) // 2], 3),
+        "ratio_ddp_vs_single_per_round": ratios,
+        "ratio_median": median,
     }
     md = [
         "# Data-parallel synthesizer training on the CPU: torchrun x processes vs one process",

@@ -21,7 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from loadtests.benchmarks.common import PH2_MANIFEST, PH2_NAME, REPO, ph2_split_manifest, write_report
+from loadtests.benchmarks.common import (
+    PH2_MANIFEST,
+    PH2_NAME,
+    REPO,
+    ph2_split_manifest,
+    round_ratios,
+    write_report,
+)
 from models.data.manifest import load_manifest
 from models.diffusion.config import SynthesizerConfig, build_train_scheduler, build_unet
 from models.diffusion.crops import LesionCrops
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             f"round {r}: plain {results['plain'][-1]:.1f} img/s, recipe {results['recipe'][-1]:.1f} img/s",
             flush=True,
         )
-    ratios = [a / b for a, b in zip(results["recipe"], results["plain"], strict=True)]
+    ratios, median = round_ratios(results["recipe"], results["plain"])
     summary = {
         "command": "python -m loadtests.benchmarks.training_throughput " + " ".join(argv or []),
         "data": PH2_NAME,
@@ -98,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, torch {torch.__version__}",
         "images_per_s": {k: [round(v, 2) for v in vs] for k, vs in results.items()},
-        "ratio_recipe_vs_plain_per_round": [round(x, 3) for x in ratios],
-        "ratio_median": round(sorted(ratios)[len(ratios) // 2], 3),
+        "ratio_recipe_vs_plain_per_round": ratios,
+        "ratio_median": median,
     }
     md = [
         "# Training throughput: our synthesizer recipe vs a plain PyTorch loop",
