@@ -27,7 +27,10 @@ Items = Annotated[list[ClassifyItem], Field(min_length=1, max_length=SETTINGS.co
 
 @bentoml.service(
     name="lesionsynth-classifier",
-    traffic={"timeout": 60, "max_concurrency": SETTINGS.common.max_concurrency},
+    traffic={
+        "timeout": SETTINGS.common.request_timeout_s,
+        "max_concurrency": SETTINGS.common.max_concurrency,
+    },
     # Several requests decode and infer at once (BentoML's default of 1 thread made REST /classify 0.56x
     # raw ONNX Runtime at 16 clients; 4 threads x 1 ORT thread each: 0.93x; docs/PERFORMANCE.md).
     threads=SETTINGS.threads,

@@ -29,7 +29,13 @@ def env_int(name: str, default: int, minimum: int | None = 0, maximum: int | Non
     except ValueError:
         raise ConfigError(f"{PREFIX}{name} must be an integer, got {raw!r}") from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ConfigError(f"{PREFIX}{name} must be in [{minimum}, {maximum}], got {value}")
+        if maximum is None:
+            allowed = f">= {minimum}"
+        elif minimum is None:
+            allowed = f"<= {maximum}"
+        else:
+            allowed = f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{PREFIX}{name} must be {allowed}, got {value}")
     return value
 
 
@@ -72,9 +78,12 @@ class CommonSettings:
     #: REST requests in flight per service; beyond it BentoML answers 429 (clients retry). Bounds the
     #: memory held by decoded images waiting for a batch.
     max_concurrency: int
+    #: A REST request not answered in this time gets 504 (BentoML's traffic timeout). Synthesis defaults to
+    #: 600 s (a sampler runs seconds per image and a batch waits for its turn), the others to 60 s.
+    request_timeout_s: float
 
     @classmethod
-    def from_env(cls, default_grpc_port: int) -> CommonSettings:
+    def from_env(cls, default_grpc_port: int, default_request_timeout_s: float = 60.0) -> CommonSettings:
         token = env_str("API_TOKEN")
         if token is not None and len(token) < 16:
             raise ConfigError(f"{PREFIX}API_TOKEN must be at least 16 characters (got {len(token)})")
@@ -87,4 +96,5 @@ class CommonSettings:
             max_batch_items=env_int("MAX_BATCH_ITEMS", 32, minimum=1),
             grpc_workers=env_int("GRPC_WORKERS", 8, minimum=1),
             max_concurrency=env_int("MAX_CONCURRENCY", 64, minimum=1),
+            request_timeout_s=env_float("REQUEST_TIMEOUT_S", default_request_timeout_s, minimum=1.0),
         )

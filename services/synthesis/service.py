@@ -28,7 +28,11 @@ Items = Annotated[list[SynthesisItem], Field(min_length=1, max_length=SETTINGS.c
 
 
 @bentoml.service(
-    name="lesionsynth-synthesis", traffic={"timeout": 600, "max_concurrency": SETTINGS.common.max_concurrency}
+    name="lesionsynth-synthesis",
+    traffic={
+        "timeout": SETTINGS.common.request_timeout_s,
+        "max_concurrency": SETTINGS.common.max_concurrency,
+    },
 )
 class SynthesisService:
     def __init__(self) -> None:

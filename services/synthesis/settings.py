@@ -26,7 +26,7 @@ class SynthesisSettings:
     @classmethod
     def from_env(cls) -> SynthesisSettings:
         return cls(
-            common=CommonSettings.from_env(default_grpc_port=50051),
+            common=CommonSettings.from_env(default_grpc_port=50051, default_request_timeout_s=600.0),
             model=env_str("SYNTHESIZER", "latest"),
             model_store=env_str("MODEL_STORE", "runs/model-store"),
             device=env_str("DEVICE", "auto"),

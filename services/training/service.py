@@ -22,7 +22,11 @@ SETTINGS = TrainingSettings.from_env()
 
 
 @bentoml.service(
-    name="lesionsynth-training", traffic={"timeout": 60, "max_concurrency": SETTINGS.common.max_concurrency}
+    name="lesionsynth-training",
+    traffic={
+        "timeout": SETTINGS.common.request_timeout_s,
+        "max_concurrency": SETTINGS.common.max_concurrency,
+    },
 )
 class TrainingService:
     def __init__(self) -> None:
