@@ -1,7 +1,8 @@
 """Job ``train-classifier``: train the screening classifier, then publish it to the model store.
 
 Like ``train-synthesizer``: the recipe runs in ``work_dir/model`` with ``resume=True`` (continuing after
-the last finished epoch), and the checkpoints are deleted once the model is in the store.
+the last finished epoch); the recipe deletes its checkpoints when it finishes, and the scheduler deletes
+the work folder once the job succeeded.
 """
 
 from __future__ import annotations
