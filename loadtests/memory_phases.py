@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import os
 import platform
 import socket
@@ -33,6 +32,7 @@ import grpc
 import httpx
 import psutil
 
+from loadtests.run_load import ready
 from models.artifacts import atomic_write_json, atomic_write_text
 from services.grpc_stubs import classifier_pb2, classifier_pb2_grpc
 from services.launch import SERVICES, start, stop
@@ -118,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         deadline = time.monotonic() + 180
         while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(rest + "/readyz", timeout=2).status_code == 200:
-                    break
+            if ready(rest):
+                break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(
                     f"the classifier service did not come up; see {runs / 'logs' / 'classifier.log'}"
