@@ -52,6 +52,11 @@ class BalanceSettings:
     resample: int | None = None
     batch_size: int = 8
     progress: bool = True
+    #: Only normal rows whose ``role`` column is one of these are converted (None: every normal train row).
+    source_roles: tuple[str, ...] | None = None
+    #: "add": the synthetic images join the real rows; "replace": the converted normal rows are marked
+    #: ``converted = 1`` and the synthetic strategies leave them out (paper 000's design).
+    mode: str = "add"
 
 
 @dataclass(frozen=True)
@@ -65,15 +70,24 @@ class PlannedImage:
         return f"synthetic/syn_{self.index:05d}.png"
 
 
-def plan(manifest: Manifest, normal_label: str, count: int, seed: int) -> list[PlannedImage]:
+def plan(
+    manifest: Manifest,
+    normal_label: str,
+    count: int,
+    seed: int,
+    source_roles: tuple[str, ...] | None = None,
+) -> list[PlannedImage]:
     """Which normal train image and which seed make synthetic image i, for i < count.
 
-    Sources are a seeded permutation of the normal train rows; past one pass (count > normals) the same
-    images are reused with new seeds, which gives different lesions.
+    Sources are a seeded permutation of the normal train rows (of ``source_roles`` when given); past one
+    pass (count > normals) the same images are reused with new seeds, which gives different lesions.
     """
     normals = manifest.rows_in("train", normal_label)
+    if source_roles is not None:
+        normals = [r for r in normals if r.fields.get("role") in source_roles]
     if not normals:
-        raise ConfigError(f"no 'train' rows with label {normal_label!r} to turn into lesions")
+        where = f" of role {', '.join(source_roles)}" if source_roles else ""
+        raise ConfigError(f"no 'train' rows{where} with label {normal_label!r} to turn into lesions")
     order = np.random.default_rng(seed).permutation(len(normals))
     if count > len(normals):
         log.warning(
@@ -94,15 +108,25 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def balanced_manifest_text(
-    manifest: Manifest, planned: list[PlannedImage], out: Path, lesion_label: str, model_version: str
+    manifest: Manifest,
+    planned: list[PlannedImage],
+    out: Path,
+    lesion_label: str,
+    model_version: str,
+    mode: str = "add",
 ) -> str:
     columns = list(manifest.columns) + [c for c in SYNTHETIC_COLUMNS if c not in manifest.columns]
+    if mode == "replace" and "converted" not in columns:
+        columns.append("converted")
+    converted = {p.source.number for p in planned}
     rows: list[Row] = []
     for row in manifest.rows:
         fields = dict(row.fields)
         fields["image_path"] = _relative(row.image_file, out)
         fields["mask_path"] = _relative(row.mask_file, out)
         fields["synthetic"] = fields.get("synthetic") or "0"
+        if mode == "replace":
+            fields["converted"] = "1" if row.number in converted else "0"
         rows.append(Row(row.number, fields, out))
     for p in planned:
         # Extra columns of the source (e.g. a diagnosis of "nevus") would be wrong for a synthetic lesion,
@@ -131,6 +155,8 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
         raise ConfigError("--count must be >= 1")
     if s.normal_label == s.lesion_label:
         raise ConfigError("--normal-label and --lesion-label must differ")
+    if s.mode not in ("add", "replace"):
+        raise ConfigError(f"balance mode must be 'add' or 'replace', not {s.mode!r}")
     DEFAULTS.with_overrides(steps=s.steps, strength=s.strength, eta=s.eta, resample=s.resample)
     check_seed(s.seed)
     manifest = load_manifest(s.manifest, progress=s.progress)
@@ -148,9 +174,11 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
     # moved folder still resumes; batch size and progress do not change any image.
     settings = {
         **{
-            k: v
+            k: (list(v) if isinstance(v, tuple) else v)
             for k, v in asdict(s).items()
             if k not in ("progress", "batch_size", "out", "manifest", "model")
+            # new settings at their defaults are left out, so older runs still resume
+            and not (k in ("source_roles", "mode") and v == BalanceSettings.__dataclass_fields__[k].default)
         },
         "manifest_sha256": manifest.sha256(),
         "model_version": inpainter.model_version,
@@ -166,7 +194,7 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
     else:
         atomic_write_json(record, settings)
 
-    planned = plan(manifest, s.normal_label, s.count, s.seed)
+    planned = plan(manifest, s.normal_label, s.count, s.seed, s.source_roles)
     todo = [p for p in planned if not (out / p.file_name).is_file()]
     if len(todo) < len(planned):
         log.info("resuming: %d of %d synthetic images already done", len(planned) - len(todo), len(planned))
@@ -196,6 +224,8 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
     target = out / "manifest.csv"
     atomic_write_bytes(
         target,
-        balanced_manifest_text(manifest, planned, out, s.lesion_label, inpainter.model_version).encode(),
+        balanced_manifest_text(
+            manifest, planned, out, s.lesion_label, inpainter.model_version, s.mode
+        ).encode(),
     )
     return target

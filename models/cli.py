@@ -95,6 +95,37 @@ def data_split(
     typer.echo(f"wrote {target}")
 
 
+@data_app.command("draw-roles")
+@user_errors
+def data_draw_roles(
+    manifest: ManifestOpt,
+    plan: Annotated[Path, typer.Option(help="YAML: seed, stratify, counts {role: {label: n | rest}}.")],
+    out: Annotated[Path, typer.Option(help="The role file (CSV) to write.")],
+    force: Annotated[bool, typer.Option(help="Replace an existing role file.")] = False,
+) -> None:
+    """Give every image a role (test / val / pool / ...), drawn once: the fixed split of a benchmark."""
+    import yaml
+
+    from models.data.manifest import read_manifest
+    from models.data.roles import draw_roles, write_role_file
+
+    if out.exists() and not force:
+        raise LesionsynthError(
+            f"{out} exists; redrawing can move test images into training. Pass --force if you mean it."
+        )
+    spec = yaml.safe_load(plan.read_text())
+    m = read_manifest(manifest)
+    assignment = draw_roles(m.rows, spec["counts"], int(spec["seed"]), spec.get("stratify", "diagnosis"))
+    write_role_file(out, m.rows, assignment)
+    from collections import Counter
+
+    for (role, label), n in sorted(
+        Counter((assignment[r.fields["image_path"]], r.label) for r in m.rows).items()
+    ):
+        typer.echo(f"{role:8s} {label:20s} {n}")
+    typer.echo(f"wrote {out}")
+
+
 @data_app.command("demo")
 @user_errors
 def data_demo(

@@ -128,7 +128,18 @@ def test_config_errors(tmp_path, demo_manifest, tiny_synth):
     assert units[0].name == "none/seed-0" and len(units) == 12
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "ph2.yaml", "ph2-quick.yaml", "ph2-gpu.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo.yaml",
+        "ph2.yaml",
+        "ph2-quick.yaml",
+        "ph2-gpu.yaml",
+        "isic2017-scarce.yaml",
+        "isic2017-donor.yaml",
+        "isic2017-gpu.yaml",
+    ],
+)
 def test_shipped_configs_parse(name):
     from tests.conftest import REPO
 

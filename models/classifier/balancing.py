@@ -19,7 +19,10 @@ synthetic+weighted  real + synthetic train rows     each row once, shuffled     
 ==================  ==============================  ===========================  =====================
 
 Synthetic rows (``synthetic == 1``, made by ``lesionsynth balance``) are only ever used by the two
-synthetic strategies; every other strategy trains on exactly the real rows.
+synthetic strategies; every other strategy trains on exactly the real rows. A balance run in ``replace``
+mode marks the normal rows it converted (``converted == 1``): the synthetic strategies leave them out, so
+a converted image is in their pool once, as a lesion (paper 000: 1218 normal -> 918 normal + 300
+synthetic), while the other strategies still train on it as the real normal it is.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ import torch
 from models.errors import ConfigError
 
 STRATEGIES = ("none", "oversample", "weighted-loss", "weighted-sampler", "synthetic", "synthetic+weighted")
+#: The strategies that use no synthetic image: the primary comparison may pit a synthetic strategy
+#: against the best of these on validation data.
+CLASSICAL = ("none", "oversample", "weighted-loss", "weighted-sampler")
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,10 @@ class Strategy:
     @property
     def uses_synthetic(self) -> bool:
         return self.name.startswith("synthetic")
+
+    def drops_row(self, fields: dict[str, str]) -> bool:
+        """A normal row that a ``replace``-mode balance converted into a synthetic lesion."""
+        return self.uses_synthetic and fields.get("converted", "0") == "1"
 
     def pool_mask(self, synthetic: torch.Tensor) -> torch.Tensor:
         """(N,) bool: which train rows are in the pool."""

@@ -98,7 +98,7 @@ def train_classifier(s: ClassifierTrainSettings) -> dict:
     # 1. Rows: the strategy's train pool and the real val rows. Never test.
     manifest = load_manifest(s.manifest, progress=s.progress)
     manifest.require_label(s.positive_label)
-    train_rows = manifest.rows_in("train")
+    train_rows = [r for r in manifest.rows_in("train") if not strategy.drops_row(r.fields)]
     val_rows = [r for r in manifest.rows_in("val") if r.fields.get("synthetic", "0") != "1"]
     if strategy.uses_synthetic and not any(r.fields.get("synthetic") == "1" for r in train_rows):
         raise ConfigError(

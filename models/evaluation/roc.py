@@ -141,3 +141,18 @@ def sensitivity_specificity(y_true, scores, threshold: float) -> tuple[float, fl
     y, s = _check(y_true, scores)
     pred = s >= threshold
     return float(pred[y == 1].mean()), float((~pred[y == 0]).mean())
+
+
+def sensitivity_at_specificity(y_true, scores, specificity: float = 0.9) -> float:
+    """The highest sensitivity of any threshold whose specificity is >= ``specificity`` (a threshold-free
+    operating point read off the empirical ROC: max TPR over the points with FPR <= 1 - specificity)."""
+    if not 0.0 < specificity <= 1.0:
+        raise ValueError("specificity must be in (0, 1]")
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    return float(tpr[fpr <= 1.0 - specificity + 1e-12].max())
+
+
+def balanced_accuracy(y_true, scores, threshold: float) -> float:
+    """(sensitivity + specificity) / 2 at a threshold (positive when score >= threshold)."""
+    sens, spec = sensitivity_specificity(y_true, scores, threshold)
+    return (sens + spec) / 2

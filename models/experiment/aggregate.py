@@ -4,9 +4,14 @@ Per strategy:
   * AUC per seed -> mean, sd and a 95% t-interval over seeds;
   * the seed-averaged classifier (paper 000: "computed the average output from these sessions"): AUC of
     the mean score with DeLong's 95% CI;
-  * sensitivity and specificity of each seed's model at its own validated threshold -> mean and sd;
-  * the paired comparison with ``none``: DeLong's test of the seed-averaged scores on the same test
-    cases, and per-seed DeLong tests (seed k of the strategy against seed k of ``none``).
+  * sensitivity at 90% specificity (read off the ROC, no threshold needed): per seed -> mean and sd, and
+    for the seed-averaged classifier with a stratified bootstrap CI over test cases;
+  * sensitivity, specificity and balanced accuracy of each seed's model at its own validated threshold;
+  * paired comparisons with ``none`` and with the best classical strategy (highest mean *val* AUC, so the
+    test set does not choose it): DeLong's test of the seed-averaged scores on the same test cases, and a
+    paired t-test over seeds of the per-seed test AUCs (seed k against seed k);
+  * the pre-registered primary comparison (from the config), resolved the same way and marked as such;
+  * subgroups (e.g. sex, age band): AUC of the seed-averaged ``none`` and primary classifiers per group.
 """
 
 from __future__ import annotations
@@ -14,15 +19,25 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from models.classifier.balancing import CLASSICAL
+from models.evaluation.resampling import bootstrap_ci, paired_t_test
 from models.evaluation.roc import (
     auc_confidence_interval,
+    balanced_accuracy,
     delong_test,
     roc_auc,
     roc_curve,
+    sensitivity_at_specificity,
     sensitivity_specificity,
 )
 
 FPR_GRID = np.linspace(0.0, 1.0, 101)
+SPECIFICITY = 0.9  # the fixed operating point: sensitivity at 90% specificity
+BEST_CLASSICAL = "best-classical"
+
+
+def _sens_at_spec(y: np.ndarray, s: np.ndarray) -> float:
+    return sensitivity_at_specificity(y, s, SPECIFICITY)
 
 
 def mean_roc(units: list[dict]) -> dict:
@@ -52,6 +67,13 @@ def summarize_strategy(units: list[dict]) -> dict:
     ensemble = np.mean([u["scores"] for u in units], axis=0)
     ci = auc_confidence_interval(labels, ensemble)
     sens_spec = np.array([sensitivity_specificity(labels, u["scores"], u["threshold"]) for u in units])
+    bal_acc = np.array([balanced_accuracy(labels, u["scores"], u["threshold"]) for u in units])
+    at_spec = np.array([_sens_at_spec(labels, np.asarray(u["scores"])) for u in units])
+    at_spec_ensemble = bootstrap_ci(labels, ensemble, _sens_at_spec)
+
+    def spread(v: np.ndarray) -> float:
+        return float(v.std(ddof=1)) if n > 1 else 0.0
+
     return {
         "n_seeds": n,
         "auc_per_seed": aucs.tolist(),
@@ -64,6 +86,14 @@ def summarize_strategy(units: list[dict]) -> dict:
         "sensitivity_sd": float(sens_spec[:, 0].std(ddof=1)) if n > 1 else 0.0,
         "specificity_mean": float(sens_spec[:, 1].mean()),
         "specificity_sd": float(sens_spec[:, 1].std(ddof=1)) if n > 1 else 0.0,
+        "balanced_accuracy_mean": float(bal_acc.mean()),
+        "balanced_accuracy_sd": spread(bal_acc),
+        "sens_at_spec90_per_seed": at_spec.tolist(),
+        "sens_at_spec90_mean": float(at_spec.mean()),
+        "sens_at_spec90_sd": spread(at_spec),
+        "ensemble_sens_at_spec90": at_spec_ensemble.value,
+        "ensemble_sens_at_spec90_ci95": [at_spec_ensemble.low, at_spec_ensemble.high],
+        "val_auc_per_seed": [float(u["val"]["auc"]) for u in units],
         "val_auc_mean": float(np.mean([u["val"]["auc"] for u in units])),
         "epochs_run_mean": float(np.mean([u["epochs_run"] for u in units])),
         "n_synthetic_train": int(units[0]["train"]["n_synthetic"]),
@@ -79,9 +109,9 @@ def compare_with_baseline(units: list[dict], baseline: list[dict]) -> dict:
         labels, np.mean([u["scores"] for u in baseline], 0), np.mean([u["scores"] for u in units], 0)
     )
     by_seed = {u["seed"]: u for u in baseline}
-    per_seed = [
-        delong_test(labels, by_seed[u["seed"]]["scores"], u["scores"]) for u in units if u["seed"] in by_seed
-    ]
+    paired = [u for u in units if u["seed"] in by_seed]
+    per_seed = [delong_test(labels, by_seed[u["seed"]]["scores"], u["scores"]) for u in paired]
+    t = paired_t_test([c.auc_a for c in per_seed], [c.auc_b for c in per_seed]) if len(per_seed) > 1 else None
     return {
         "ensemble_auc_difference": ensemble.difference,
         "ensemble_delong_z": ensemble.z,
@@ -90,11 +120,52 @@ def compare_with_baseline(units: list[dict], baseline: list[dict]) -> dict:
         "per_seed_delong_p": [c.p_value for c in per_seed],
         "seeds_better": int(sum(c.difference > 0 for c in per_seed)),
         "seeds_compared": len(per_seed),
+        "paired_t_mean_auc_difference": t.mean_difference if t else None,
+        "paired_t_p": t.p_value if t else None,
+        "paired_t_test": "two-sided paired t-test over seeds of per-seed test AUC (seed k vs seed k)",
     }
 
 
-def aggregate(unit_results: list[dict], baseline: str = "none") -> dict:
-    """{strategy: summary (+ comparison with the baseline)} from the test_scores.json of every unit."""
+def best_classical(summaries: dict[str, dict]) -> str | None:
+    """The classical strategy (no synthetic images) with the highest mean val AUC; never chosen on test."""
+    classical = [name for name in CLASSICAL if name in summaries]
+    return max(classical, key=lambda n: summaries[n]["val_auc_mean"]) if classical else None
+
+
+def subgroup_aucs(labels: list[int], groups: dict[str, list[str]], scores: dict[str, np.ndarray]) -> dict:
+    """{attribute: {value: {n, n_positive, <strategy>: {auc, ci95} or None}}} on seed-averaged scores.
+
+    ``groups``: attribute -> the value of each test case (e.g. "sex" -> ["male", "female", ...]);
+    a group with a single class gets None (no AUC is defined)."""
+    y = np.asarray(labels)
+    out: dict[str, dict] = {}
+    for attribute, values in groups.items():
+        values = np.asarray(values)
+        out[attribute] = {}
+        for value in sorted(set(values.tolist())):
+            sel = values == value
+            entry: dict = {"n": int(sel.sum()), "n_positive": int(y[sel].sum())}
+            for name, s in scores.items():
+                if 0 < y[sel].sum() < sel.sum():
+                    ci = auc_confidence_interval(y[sel], s[sel])
+                    entry[name] = {"auc": ci.auc, "ci95": [ci.low, ci.high]}
+                else:
+                    entry[name] = None
+            out[attribute][value] = entry
+    return out
+
+
+def aggregate(
+    unit_results: list[dict],
+    baseline: str = "none",
+    primary: dict | None = None,
+    groups: dict[str, list[str]] | None = None,
+) -> dict:
+    """{strategy: summary (+ comparisons)} from the test_scores.json of every unit.
+
+    ``primary``: the pre-registered comparison {strategy, against}, against a strategy or
+    "best-classical"; ``groups``: per-test-case subgroup values (see :func:`subgroup_aucs`).
+    """
     by_strategy: dict[str, list[dict]] = {}
     for u in sorted(unit_results, key=lambda u: (u["strategy"], u["seed"])):
         by_strategy.setdefault(u["strategy"], []).append(u)
@@ -112,4 +183,27 @@ def aggregate(unit_results: list[dict], baseline: str = "none") -> dict:
         if strategy != baseline:
             summary["vs_baseline"] = compare_with_baseline(units, by_strategy[baseline])
         out["strategies"][strategy] = summary
+    best = best_classical(out["strategies"])
+    out["best_classical"] = best
+    if best:
+        for strategy, units in by_strategy.items():
+            if strategy not in CLASSICAL:
+                out["strategies"][strategy]["vs_best_classical"] = compare_with_baseline(
+                    units, by_strategy[best]
+                )
+    if primary:
+        against = best if primary.get("against", BEST_CLASSICAL) == BEST_CLASSICAL else primary["against"]
+        out["primary"] = {
+            "strategy": primary["strategy"],
+            "against": primary.get("against", BEST_CLASSICAL),
+            "against_resolved": against,
+            "chosen_on": "mean val AUC of the classical strategies"
+            if primary.get("against", BEST_CLASSICAL) == BEST_CLASSICAL
+            else "named in the config",
+            **compare_with_baseline(by_strategy[primary["strategy"]], by_strategy[against]),
+        }
+    if groups:
+        shown = [baseline] + ([primary["strategy"]] if primary else [])
+        scores = {n: np.mean([u["scores"] for u in by_strategy[n]], 0) for n in shown}
+        out["subgroups"] = subgroup_aucs(labels, groups, scores)
     return out

@@ -23,6 +23,21 @@ Paths in the file are relative to the file's own folder, so a config travels wit
       snapshots: [500, 1000, 2000, 3000]   # a synthesizer is trained with these snapshots
       strategy: synthetic
       seeds: [0, 1, 2]
+
+A benchmark with a fixed split (ISIC 2017, see ``models.data.roles``) names a role file instead of
+fractions, maps its roles to splits, and says which roles the synthesizer learns from and which normals
+are converted; the one comparison the test set decides is declared before the run:
+
+.. code-block:: yaml
+
+    split:
+      file: ../docs/evidence/isic2017_split.csv
+      roles: {pool: train, donor: train, val: val, test: test}   # other roles are left out
+      min_test_positives: 120
+    synthesizer: {roles: [donor], ...}        # lesion regions of these train roles only
+    balance: {count: 200, source_roles: [pool], mode: replace}   # replace: converted normals leave the
+                                              # synthetic strategies' pool (paper 000: 1218 -> 918 normal)
+    primary: {strategy: synthetic, against: best-classical}      # best classical = highest mean val AUC
 """
 
 from __future__ import annotations
@@ -33,9 +48,13 @@ from typing import Any
 
 import yaml
 
-from models.classifier.balancing import STRATEGIES
+from models.classifier.balancing import CLASSICAL, STRATEGIES
 from models.classifier.config import ClassifierConfig
+from models.data.roles import check_role_mapping, read_role_file
 from models.errors import ConfigError
+
+BEST_CLASSICAL = "best-classical"
+BALANCE_MODES = ("add", "replace")
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,7 @@ class ExperimentConfig:
     balance: dict = field(default_factory=lambda: {"count": "parity"})
     classifier: dict = field(default_factory=dict)
     series: dict = field(default_factory=dict)
+    primary: dict = field(default_factory=dict)
     strategies: tuple[str, ...] = STRATEGIES
     seeds: tuple[int, ...] = (0, 1, 2)
     workers: int = 1
@@ -67,6 +87,10 @@ class ExperimentConfig:
         """Classifier training settings other than the architecture."""
         keys = ("epochs", "batch_size", "learning_rate", "weight_decay", "patience")
         return {k: self.classifier[k] for k in keys if k in self.classifier}
+
+    @property
+    def role_file(self) -> Path | None:
+        return Path(self.split["file"]) if "file" in self.split else None
 
     @property
     def needs_synthesis(self) -> bool:
@@ -94,6 +118,9 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
             **values["synthesizer"],
             "model": str((base / values["synthesizer"]["model"]).resolve()),
         }
+    if "file" in values.get("split", {}):
+        values["split"] = _parse_role_split(values["split"], base, values["positive_label"])
+    _check_roles_subset(values)
     values["strategies"] = tuple(values.get("strategies", STRATEGIES))
     bad = [s for s in values["strategies"] if s not in STRATEGIES]
     if bad:
@@ -120,9 +147,63 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
             raise ConfigError("series.strategy must be 'synthetic' or 'synthetic+weighted'")
         if "model" in series:
             values["series"] = {**series, "model": str((base / series["model"]).resolve())}
+    values["primary"] = _parse_primary(values.get("primary") or {}, values["strategies"])
+    mode = values.get("balance", {}).get("mode", "add")
+    if mode not in BALANCE_MODES:
+        raise ConfigError(f"balance.mode must be one of {', '.join(BALANCE_MODES)}, not {mode!r}")
     config = ExperimentConfig(**values, source=source)
     config.classifier_config  # noqa: B018  (validates arch and image_size now, not in a worker later)
     return config
+
+
+def _parse_role_split(split: dict, base: Path, positive_label: str) -> dict:
+    unknown = sorted(set(split) - {"file", "roles", "min_test_positives"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) in split with a file: {', '.join(unknown)}")
+    roles = split.get("roles")
+    if not isinstance(roles, dict) or not roles:
+        raise ConfigError("split.roles must map the role file's roles to train / val / test")
+    minimum = split.get("min_test_positives", 0)
+    if not isinstance(minimum, int) or minimum < 0:
+        raise ConfigError("split.min_test_positives must be a non-negative integer")
+    file = (base / str(split["file"])).resolve()
+    check_role_mapping(read_role_file(file), roles, positive_label, minimum)
+    return {"file": str(file), "roles": dict(roles), "min_test_positives": minimum}
+
+
+def _check_roles_subset(values: dict) -> None:
+    """synthesizer.roles and balance.source_roles must be roles that train."""
+    train_roles = {r for r, s in values.get("split", {}).get("roles", {}).items() if s == "train"}
+    for section, key in (("synthesizer", "roles"), ("balance", "source_roles")):
+        chosen = values.get(section, {}).get(key)
+        if chosen is None:
+            continue
+        if "file" not in values.get("split", {}):
+            raise ConfigError(f"{section}.{key} needs a split file with roles (split.file)")
+        if not isinstance(chosen, list) or not chosen or not set(chosen) <= train_roles:
+            raise ConfigError(
+                f"{section}.{key} must be a non-empty list of roles mapped to train ({sorted(train_roles)})"
+            )
+
+
+def _parse_primary(primary: dict, strategies: tuple[str, ...]) -> dict:
+    """The pre-registered comparison: {strategy, against} where against is a strategy or best-classical."""
+    if not primary:
+        return {}
+    unknown = sorted(set(primary) - {"strategy", "against"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) in primary: {', '.join(unknown)}")
+    strategy, against = primary.get("strategy"), primary.get("against", BEST_CLASSICAL)
+    if strategy not in strategies:
+        raise ConfigError(f"primary.strategy {strategy!r} is not among the strategies {list(strategies)}")
+    if against == BEST_CLASSICAL:
+        if not any(s in CLASSICAL for s in strategies):
+            raise ConfigError("primary.against is best-classical but no classical strategy is run")
+    elif against not in strategies or against == strategy:
+        raise ConfigError(
+            f"primary.against must be {BEST_CLASSICAL!r} or another strategy of the run, not {against!r}"
+        )
+    return {"strategy": strategy, "against": against}
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

@@ -2,7 +2,9 @@
 
 Everything lands under ``<out>/`` and is reused on rerun:
 
-    data/manifest.csv        the input manifest with a split (only written when the input had none)
+    data/manifest.csv        the input manifest with a split (only written when the input had none); with a
+                             role file: the rows of the mapped roles, with ``role`` and ``split`` columns
+    data/synthesizer.csv     with ``synthesizer.roles``: the train rows of those roles (what it learns from)
     synthesizer/             trained on train lesion rows only (unless the config names a model)
     balanced/manifest.csv    real rows + synthetic lesions made from train normal rows and their masks
 """
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.balance import BalanceSettings, balance_dataset
-from models.data.manifest import load_manifest
+from models.data.manifest import Manifest, load_manifest
+from models.data.roles import assign_splits, check_test_not_trained, read_role_file
 from models.data.split import add_split
 from models.diffusion.config import SynthesizerConfig
 from models.diffusion.train import TrainSettings, train_synthesizer
@@ -57,17 +60,23 @@ def balance_settings(
         out=out,
         seed=int(config.balance.get("seed", 0)),
         progress=progress,
+        source_roles=tuple(config.balance["source_roles"]) if "source_roles" in config.balance else None,
+        mode=config.balance.get("mode", "add"),
         **{k: config.balance[k] for k in _SAMPLER_KEYS if k in config.balance},
     )
 
 
 def synthetic_count(config: ExperimentConfig, split_manifest: Path) -> int:
-    """balance.count, or 'parity': as many synthetic positives as make train positives = train normals."""
-    split = load_manifest(split_manifest, check_files=False)
-    n_pos = len(split.rows_in("train", config.positive_label))
-    n_neg = len(split.rows_in("train", config.normal_label))
+    """balance.count, or 'parity': as many synthetic positives as make train positives = train normals
+    (in ``replace`` mode each converted normal also leaves the normals, so half the gap)."""
     count = config.balance.get("count", "parity")
-    return max(n_neg - n_pos, 1) if count == "parity" else int(count)
+    if count != "parity":
+        return int(count)
+    split = load_manifest(split_manifest, check_files=False)
+    gap = len(split.rows_in("train", config.normal_label)) - len(
+        split.rows_in("train", config.positive_label)
+    )
+    return max(gap // 2 if config.balance.get("mode") == "replace" else gap, 1)
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,11 @@ def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
     manifest = load_manifest(config.manifest, progress=progress)
     for label in (config.positive_label, config.normal_label):
         manifest.require_label(label)
-    if manifest.has_split():
+    if config.role_file is not None:
+        split_path = out / "data" / "manifest.csv"
+        if not split_path.is_file():
+            write_role_split(manifest, config, split_path)
+    elif manifest.has_split():
         split_path = config.manifest
     else:
         split_path = out / "data" / "manifest.csv"
@@ -97,8 +110,35 @@ def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
     # the folder already holds a finished synthesizer.
     model = Path(config.synthesizer.get("model", out / "synthesizer"))
     if not (model / "model_card.json").is_file():
-        train_synthesizer(synthesizer_settings(config, split_path, model, progress=progress))
+        source = synthesizer_manifest(config, split_path)
+        train_synthesizer(synthesizer_settings(config, source, model, progress=progress))
     count = synthetic_count(config, split_path)
     balanced = balance_dataset(balance_settings(config, split_path, model, out / "balanced", count, progress))
     log.info("balanced train split with %d synthetic positives", count)
     return PreparedData(balanced, split_path, model, count)
+
+
+def write_role_split(manifest: Manifest, config: ExperimentConfig, target: Path) -> Path:
+    """The manifest's rows of the roles the config maps, with their split; refused when a test image is
+    also (by its bytes) in train or val."""
+    rows = assign_splits(manifest.rows, read_role_file(config.role_file), config.split["roles"])
+    check_test_not_trained(rows)
+    manifest.rows = rows
+    for column in ("split", "role"):
+        if column not in manifest.columns:
+            manifest.columns.append(column)
+    return manifest.save(target)
+
+
+def synthesizer_manifest(config: ExperimentConfig, split_manifest: Path) -> Path:
+    """What the synthesizer learns from: the split manifest, or with ``synthesizer.roles`` its train rows
+    of those roles only (written beside it)."""
+    roles = config.synthesizer.get("roles")
+    if not roles:
+        return split_manifest
+    target = split_manifest.parent / "synthesizer.csv"
+    if not target.is_file():
+        manifest = load_manifest(split_manifest, check_files=False)
+        manifest.rows = [r for r in manifest.rows if r.split == "train" and r.fields.get("role") in roles]
+        manifest.save(target)
+    return target

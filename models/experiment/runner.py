@@ -16,6 +16,7 @@ from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
+from models.data.manifest import load_manifest
 from models.errors import LesionsynthError
 from models.experiment.aggregate import aggregate
 from models.experiment.config import ExperimentConfig
@@ -23,6 +24,7 @@ from models.experiment.fidelity import fidelity_step
 from models.experiment.prepare import PreparedData, prepare
 from models.experiment.report import write_report
 from models.experiment.series import run_series
+from models.experiment.subgroups import case_groups
 from models.experiment.units import SCORES, Unit, all_units, run_unit
 from models.progress import tqdm
 
@@ -89,7 +91,12 @@ def aggregate_units(
         raise LesionsynthError(
             f"cannot aggregate: {len(missing)} unit(s) not finished: {', '.join(missing[:10])}"
         )
-    results = aggregate([json.loads((u.folder(config.out) / SCORES).read_text()) for u in units])
+    unit_results = [json.loads((u.folder(config.out) / SCORES).read_text()) for u in units]
+    groups = None
+    if prepared:
+        rows = {r.number: r for r in load_manifest(prepared.manifest, check_files=False).rows}
+        groups = case_groups(rows, unit_results[0]["test_rows"])
+    results = aggregate(unit_results, primary=config.primary or None, groups=groups)
     fidelity = fidelity_step(config, prepared.manifest) if prepared else None
     if fidelity:
         results["fidelity"] = fidelity
@@ -118,8 +125,9 @@ def results_meta(config: ExperimentConfig, prepared: PreparedData | None) -> dic
         "strategies": list(config.strategies),
         "seeds": list(config.seeds),
         "target_sensitivity": config.target_sensitivity,
-        "split": config.split,
+        "split": {**config.split, "file": shown(config.role_file)} if config.role_file else config.split,
         "balance": config.balance,
+        "primary (pre-registered)": config.primary or None,
         "synthesizer_settings": {k: v for k, v in asdict(config)["synthesizer"].items() if k != "model"},
     }
 
