@@ -158,6 +158,14 @@ def test_experiment_params(roots, demo_manifest):
         ParameterError, match=r"params.config.synthesizer.model: .* holds no finished synthesizer"
     ):
         validate("experiment", {"config": {**config, "synthesizer": {"model": "nowhere"}}}, roots)
+    # A benchmark's role file is read by the job: it must lie inside the data roots, and exist.
+    roles = {"roles": {"a": "train", "t": "test"}}
+    with pytest.raises(
+        ParameterError, match=r"params.config.split.file: /etc/passwd is outside the data roots"
+    ):
+        validate("experiment", {"config": {**config, "split": {"file": "/etc/passwd", **roles}}}, roots)
+    with pytest.raises(ParameterError, match=r"params.config.split.file: no such file: roles.csv"):
+        validate("experiment", {"config": {**config, "split": {"file": "roles.csv", **roles}}}, roots)
 
 
 def test_light_copies_of_model_constants_match_the_models():

@@ -45,6 +45,11 @@ def _check_config(label: str, value: Any, roots: JobRoots) -> Any:
             raise ParameterError(
                 f"{label}.out: the output folder is chosen by the service (output_root/<job id>); leave it out"
             )
+        split = value.get("split")
+        if isinstance(split, dict) and "file" in split:  # parsing reads it: check where it lies first
+            role_file = p.resolve_input(f"{label}.split.file", str(split["file"]), roots)
+            if not role_file.is_file():
+                raise ParameterError(f"{label}.split.file: no such file: {split['file']}")
     else:
         raise ParameterError(f"{label} must be the path of an experiment YAML file or a JSON object")
     try:
@@ -55,6 +60,8 @@ def _check_config(label: str, value: Any, roots: JobRoots) -> Any:
     manifest = p.resolve_input(f"{label}.manifest", str(config.manifest), roots)
     if not manifest.is_file():
         raise ParameterError(f"{label}.manifest: no such file: {config.manifest}")
+    if config.role_file is not None:  # checked again, resolved: a YAML file's own split file too
+        p.resolve_input(f"{label}.split.file", str(config.role_file), roots)
     if "model" in config.synthesizer:
         # prepare() would train into a missing folder: only finished models may be named here.
         model = p.resolve_input(f"{label}.synthesizer.model", config.synthesizer["model"], roots)
@@ -74,6 +81,8 @@ def _check_config(label: str, value: Any, roots: JobRoots) -> Any:
         return value
     # Paths made absolute, so the stored parameters mean the same whatever reads them later.
     normalised = {**value, "manifest": str(manifest)}
+    if config.role_file is not None:
+        normalised["split"] = {**value["split"], "file": str(config.role_file)}
     for key in ("synthesizer", "series"):
         if "model" in getattr(config, key):
             normalised[key] = {**value[key], "model": getattr(config, key)["model"]}
