@@ -79,7 +79,7 @@ def test_single_unit_and_aggregate_only_via_cli(tmp_path, demo_manifest, tiny_sy
     assert (tmp_path / "exp" / "report.md").is_file()
 
 
-def fake_unit(strategy, seed, labels, scores, threshold=0.5):
+def fake_unit(strategy, seed, labels, scores, threshold=0.5, val_auc=0.5):
     return {
         "unit": f"{strategy}/seed-{seed}",
         "strategy": strategy,
@@ -88,7 +88,7 @@ def fake_unit(strategy, seed, labels, scores, threshold=0.5):
         "scores": list(scores),
         "threshold": threshold,
         "test_rows": list(range(len(labels))),
-        "val": {"auc": 0.5},
+        "val": {"auc": val_auc},
         "epochs_run": 1,
         "train": {"n_synthetic": 0},
     }

@@ -9,6 +9,7 @@ from models.evaluation.resampling import bootstrap_ci, paired_t_test
 from models.evaluation.roc import balanced_accuracy, roc_auc, sensitivity_at_specificity
 from models.experiment.aggregate import aggregate, subgroup_aucs
 from models.experiment.subgroups import age_band
+from tests.test_experiment import fake_unit
 
 # 4 positives, 10 negatives; scores sorted by hand below.
 Y = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
@@ -68,18 +69,7 @@ def test_paired_t_test_by_hand():
 
 
 def unit(strategy, seed, labels, scores, val_auc):
-    return {
-        "unit": f"{strategy}/seed-{seed}",
-        "strategy": strategy,
-        "seed": seed,
-        "labels": labels,
-        "scores": list(scores),
-        "threshold": 0.5,
-        "test_rows": list(range(len(labels))),
-        "val": {"auc": val_auc},
-        "epochs_run": 1,
-        "train": {"n_synthetic": 0},
-    }
+    return fake_unit(strategy, seed, labels, scores, val_auc=val_auc)
 
 
 def test_aggregate_resolves_the_primary_on_val_not_on_test():
