@@ -50,6 +50,7 @@ class BalanceSettings:
     strength: float | None = None
     eta: float | None = None
     resample: int | None = None
+    guidance: float | None = None
     batch_size: int = 8
     progress: bool = True
     #: Only normal rows whose ``role`` column is one of these are converted (None: every normal train row).
@@ -157,7 +158,9 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
         raise ConfigError("--normal-label and --lesion-label must differ")
     if s.mode not in ("add", "replace"):
         raise ConfigError(f"balance mode must be 'add' or 'replace', not {s.mode!r}")
-    DEFAULTS.with_overrides(steps=s.steps, strength=s.strength, eta=s.eta, resample=s.resample)
+    DEFAULTS.with_overrides(
+        steps=s.steps, strength=s.strength, eta=s.eta, resample=s.resample, guidance=s.guidance
+    )
     check_seed(s.seed)
     manifest = load_manifest(s.manifest, progress=s.progress)
     manifest.require_label(s.normal_label)
@@ -178,7 +181,10 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
             for k, v in asdict(s).items()
             if k not in ("progress", "batch_size", "out", "manifest", "model")
             # new settings at their defaults are left out, so older runs still resume
-            and not (k in ("source_roles", "mode") and v == BalanceSettings.__dataclass_fields__[k].default)
+            and not (
+                k in ("source_roles", "mode", "guidance")
+                and v == BalanceSettings.__dataclass_fields__[k].default
+            )
         },
         "manifest_sha256": manifest.sha256(),
         "model_version": inpainter.model_version,
@@ -216,6 +222,7 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
                 strength=s.strength,
                 eta=s.eta,
                 resample=s.resample,
+                guidance=s.guidance,
             )
             for p, result in zip(chunk, results, strict=True):
                 atomic_write_bytes(out / p.file_name, encode_png(result))

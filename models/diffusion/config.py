@@ -53,6 +53,10 @@ class SynthesizerConfig:
             measurement that chose the default).
         margin: context around the mask's bounding box, as a fraction of its longer side.
         num_train_timesteps, beta_schedule: the DDPM forward process (Ho et al. 2020, Eq. 4).
+        num_classes: 0 for the paper's unconditional UNet (lesion regions only); 2 for a class-conditional
+            one (regions of both classes: 0 = normal, 1 = lesion) with a learned "null" class embedding
+            (index ``num_classes``) for classifier-free guidance (Ho & Salimans 2022). The UNet is
+            diffusers' ``UNet2DModel(num_class_embeds=num_classes + 1)``, so the folder loads in diffusers.
     """
 
     resolution: int = 64
@@ -61,6 +65,7 @@ class SynthesizerConfig:
     margin: float = DEFAULT_MARGIN
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -72,6 +77,19 @@ class SynthesizerConfig:
             raise ConfigError(f"resolution {self.resolution} is too small for preset {self.preset!r}")
         if not 0.0 <= self.margin <= 1.0:
             raise ConfigError("margin must be in [0, 1]")
+        if self.num_classes not in (0, 2):
+            raise ConfigError(
+                f"num_classes must be 0 (unconditional) or 2 (normal/lesion), got {self.num_classes}"
+            )
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def null_class(self) -> int:
+        """The class index of "no class" (label dropout in training, the unconditional branch of CFG)."""
+        return self.num_classes
 
     @property
     def in_channels(self) -> int:
@@ -92,6 +110,7 @@ def build_unet(config: SynthesizerConfig) -> UNet2DModel:
         sample_size=config.resolution,
         in_channels=config.in_channels,
         out_channels=3,
+        num_class_embeds=config.num_classes + 1 if config.conditional else None,
         **PRESETS[config.preset],
     )
 

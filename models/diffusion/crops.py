@@ -27,19 +27,36 @@ class LesionCrops:
         images: (N, 3, R, R) float32 in [-1, 1].
         masks:  (N, 1, R, R) float32 in {0, 1}.
         rows:   manifest row numbers the crops came from (recorded in the model card).
+        labels: (N,) int64 class of each crop (0 = normal, 1 = lesion); all 1 for the paper's lesion-only
+            training. With both classes, :meth:`sample` draws each class with equal probability: a scarce
+            site holds ~3% lesion regions, which a uniform draw would almost never show the model.
     """
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, rows: Sequence[int]):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        rows: Sequence[int],
+        labels: torch.Tensor | None = None,
+    ):
         if images.ndim != 4 or images.shape[1] != 3 or masks.shape[0] != images.shape[0]:
             raise ValueError(f"bad crop tensors: images {tuple(images.shape)}, masks {tuple(masks.shape)}")
         self.images, self.masks, self.rows = images, masks, list(rows)
+        self.labels = torch.ones(len(images), dtype=torch.long) if labels is None else labels.long()
+        if self.labels.shape != (len(images),):
+            raise ValueError(f"labels {tuple(self.labels.shape)} do not match {len(images)} crops")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @classmethod
     def from_rows(
-        cls, rows: Sequence[Row], resolution: int, margin: float, progress: bool = False
+        cls,
+        rows: Sequence[Row],
+        resolution: int,
+        margin: float,
+        progress: bool = False,
+        labels: Sequence[int] | None = None,
     ) -> LesionCrops:
         images, masks = [], []
         for row in tqdm(rows, desc="extracting lesion regions", unit="img", disable=not progress):
@@ -47,17 +64,30 @@ class LesionCrops:
             img, msk, _ = lesion_crop(image, mask, resolution, margin)
             images.append(img)
             masks.append(msk)
-        return cls(torch.stack(images), torch.stack(masks), [r.number for r in rows])
+        y = None if labels is None else torch.tensor(list(labels), dtype=torch.long)
+        return cls(torch.stack(images), torch.stack(masks), [r.number for r in rows], y)
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(set(self.labels.tolist()))
 
     def sample(
         self, batch_size: int, generator: torch.Generator, augment: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random batch (with replacement): (images (B, 3, R, R), masks (B, 1, R, R))."""
-        idx = torch.randint(0, len(self), (batch_size,), generator=generator)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A random batch (with replacement): (images (B, 3, R, R), masks (B, 1, R, R), labels (B,)).
+
+        One class: uniform over crops (the paper's recipe, draws unchanged). Several: class-balanced.
+        """
+        if len(self.classes) == 1:
+            idx = torch.randint(0, len(self), (batch_size,), generator=generator)
+        else:
+            counts = torch.bincount(self.labels).float()
+            weights = 1.0 / counts[self.labels]
+            idx = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
         x, m = self.images[idx].clone(), self.masks[idx].clone()
         if augment:
             x, m = augment_batch(x, m, generator)
-        return x, m
+        return x, m, self.labels[idx].clone()
 
 
 def augment_batch(

@@ -111,6 +111,7 @@ class LesionInpainter:
         """
         scheduler = build_sample_scheduler(self.scheduler_config)
         steps, eta, resample = settings.steps, settings.eta, settings.resample
+        predict_noise = self._noise_predictor(x0.shape[0], settings.guidance)
         scheduler.set_timesteps(steps)
         n_run = min(max(int(round(steps * settings.strength)), 1), steps)
         timesteps = scheduler.timesteps[steps - n_run :]
@@ -131,7 +132,7 @@ class LesionInpainter:
             last = i + 1 == len(timesteps)
             for r in range(resample if not last else 1):
                 model_in = torch.cat([x, m], dim=1) if self.config.mask_conditioning else x
-                eps = self.unet(model_in, t.to(self.device)).sample
+                eps = predict_noise(model_in, t.to(self.device))
                 self.unet_calls += 1
                 variance_noise = randn() if eta > 0 else None
                 x_prev = scheduler.step(eps, t, x, eta=eta, variance_noise=variance_noise).prev_sample
@@ -147,6 +148,29 @@ class LesionInpainter:
             x = x_prev
         return x.clamp(-1, 1).cpu()
 
+    def _noise_predictor(self, batch: int, guidance: float):
+        """eps(x_t, t) for the lesion class: the unconditional UNet, or a class-conditional one with
+        classifier-free guidance (the conditional and null branches in one UNet call)."""
+        if not self.config.conditional:
+            if guidance != 1.0:
+                raise ParameterError(
+                    f"guidance {guidance:g} needs a class-conditional synthesizer; this one "
+                    f"({self.model_version}) is unconditional (use guidance 1)"
+                )
+            return lambda model_in, t: self.unet(model_in, t).sample
+        lesion = torch.ones(batch, dtype=torch.long, device=self.device)
+        if guidance == 1.0:
+            return lambda model_in, t: self.unet(model_in, t, class_labels=lesion).sample
+        both = torch.cat([lesion, torch.full_like(lesion, self.config.null_class)])
+
+        def guided(model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            eps_lesion, eps_null = self.unet(
+                torch.cat([model_in, model_in]), t, class_labels=both
+            ).sample.chunk(2)
+            return eps_null + guidance * (eps_lesion - eps_null)
+
+        return guided
+
     # -- public API -------------------------------------------------------------------------------------
     def inpaint(
         self,
@@ -158,10 +182,18 @@ class LesionInpainter:
         strength: float | None = None,
         eta: float | None = None,
         resample: int | None = None,
+        guidance: float | None = None,
     ) -> np.ndarray:
         """One image (H, W, 3) uint8 + mask (H, W) bool -> new image (H, W, 3) uint8."""
         return self.inpaint_batch(
-            [image], [mask], [seed], steps=steps, strength=strength, eta=eta, resample=resample
+            [image],
+            [mask],
+            [seed],
+            steps=steps,
+            strength=strength,
+            eta=eta,
+            resample=resample,
+            guidance=guidance,
         )[0]
 
     def inpaint_batch(
@@ -174,13 +206,16 @@ class LesionInpainter:
         strength: float | None = None,
         eta: float | None = None,
         resample: int | None = None,
+        guidance: float | None = None,
     ) -> list[np.ndarray]:
         """Inpaint many pairs, ``self.batch_size`` per UNet batch. Images may differ in size.
 
         Unset sampler arguments take :data:`DEFAULTS`. Every pair and parameter is checked before any
         work starts, so a bad pair fails the call without wasting a UNet pass.
         """
-        settings = self.defaults.with_overrides(steps=steps, strength=strength, eta=eta, resample=resample)
+        settings = self.defaults.with_overrides(
+            steps=steps, strength=strength, eta=eta, resample=resample, guidance=guidance
+        )
         if not (len(images) == len(masks) == len(seeds)):
             raise ParameterError("images, masks and seeds must have the same length")
         for i, (image, mask, seed) in enumerate(zip(images, masks, seeds, strict=True)):

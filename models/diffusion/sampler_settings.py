@@ -14,6 +14,7 @@ from models.errors import ParameterError
 MAX_STEPS = 200
 MAX_RESAMPLE = 10
 MAX_SEED = 2**63 - 1
+MAX_GUIDANCE = 20.0
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,18 @@ class SamplerSettings:
         strength: noise level the region starts from, in (0, 1]; 1.0 = pure noise.
         eta: DDIM stochasticity in [0, 1] (Song et al. 2021, Eq. 16): 0 deterministic, 1 DDPM-like.
         resample: times each step is taken, re-noising in between (RePaint's resampling, jump length 1).
+        guidance: classifier-free guidance scale toward the lesion class (Ho & Salimans 2022), for
+            class-conditional synthesizers only: eps = eps_null + guidance * (eps_lesion - eps_null);
+            1 samples the lesion class's conditional model (one UNet pass), 0 the unconditional one,
+            > 1 pushes away from what the classes share. Not 1: the conditional and null passes run as
+            one UNet call of twice the batch (counted as one evaluation, about twice the time).
     """
 
     steps: int = 25
     strength: float = 1.0
     eta: float = 1.0
     resample: int = 1
+    guidance: float = 1.0
 
     def check(self) -> None:
         if (
@@ -53,6 +60,12 @@ class SamplerSettings:
             or not 1 <= self.resample <= MAX_RESAMPLE
         ):
             raise ParameterError(f"resample must be an integer in [1, {MAX_RESAMPLE}], got {self.resample!r}")
+        if not (
+            isinstance(self.guidance, int | float)
+            and not isinstance(self.guidance, bool)
+            and 0.0 <= float(self.guidance) <= MAX_GUIDANCE
+        ):
+            raise ParameterError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got {self.guidance!r}")
 
     @property
     def unet_calls(self) -> int:

@@ -2,12 +2,15 @@
 
 Read top to bottom, :func:`train_synthesizer` is the recipe:
 
-1. validate the manifest and take the ``train`` rows of the lesion class (never ``val``/``test``);
+1. validate the manifest and take the ``train`` rows of the lesion class (never ``val``/``test``); a
+   class-conditional synthesizer (``config.num_classes == 2``) also takes the normal class's rows;
 2. extract each lesion region (mask bounding box + margin, square, resized) into memory;
 3. build the UNet, the DDPM schedule, AdamW and an EMA of the weights;
 4. resume from the newest checkpoint when asked;
 5. optimise the simplified DDPM objective  L = || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2
-   (Ho et al. 2020, Eq. 14 / Algorithm 1), checkpointing every N steps;
+   (Ho et al. 2020, Eq. 14 / Algorithm 1), checkpointing every N steps; a conditional UNet also gets each
+   region's class, replaced by the null class with probability ``label_dropout`` (Ho & Salimans 2022), so
+   one network learns the conditional and the unconditional model that guidance contrasts;
 6. write the EMA weights as a diffusers folder with a model card.
 
 Under ``torchrun --nproc-per-node N`` the same recipe trains data-parallel (models/distributed.py):
@@ -67,6 +70,9 @@ class TrainSettings:
     #: Steps at which the EMA model is also written as a full synthesizer folder under
     #: ``out/snapshots/step-NNNNNN/`` (paper 001's iteration-wise analysis of fidelity vs usefulness).
     snapshot_steps: tuple[int, ...] = ()
+    #: Class-conditional only: the label whose regions are class 0, and how often a class is dropped.
+    normal_label: str | None = None
+    label_dropout: float = 0.1
 
     def check(self) -> None:
         if self.max_steps < 1:
@@ -75,6 +81,21 @@ class TrainSettings:
             raise ConfigError("--batch-size must be in [1, 1024]")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("checkpoint and log intervals must be >= 1")
+        if self.config.conditional:
+            if not self.normal_label or self.normal_label == self.lesion_label:
+                raise ConfigError(
+                    "a class-conditional synthesizer (num_classes 2) needs --normal-label, the class other "
+                    "than the lesion label whose regions it also learns"
+                )
+            if not 0.0 < self.label_dropout < 1.0:
+                raise ConfigError("--label-dropout must be in (0, 1): guidance needs the null class")
+
+
+def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator) -> torch.Tensor:
+    """Label dropout (Ho & Salimans 2022): each label (B,) becomes ``null_class`` with probability ``p``,
+    so one network also learns the unconditional model that classifier-free guidance contrasts with."""
+    drop = torch.rand(labels.shape, generator=generator) < p
+    return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 
 def snapshot_dir(out: Path, step: int) -> Path:
@@ -100,12 +121,18 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     rows = manifest.rows_in("train", s.lesion_label)
     if not rows:
         raise ConfigError(f"no 'train' rows with label {s.lesion_label!r}: nothing to learn lesions from")
+    labels = [1] * len(rows)
+    if s.config.conditional:
+        normals = manifest.rows_in("train", s.normal_label)
+        if not normals:
+            raise ConfigError(f"no 'train' rows with label {s.normal_label!r} for the normal class")
+        rows, labels = normals + rows, [0] * len(normals) + labels
     manifest_sha = manifest.sha256()
 
     # 2. Lesion regions, in memory.
     show = s.progress and dp.is_main
-    crops = LesionCrops.from_rows(rows, s.config.resolution, s.config.margin, progress=show)
-    log.info("training on %d lesion regions at %dpx", len(crops), s.config.resolution)
+    crops = LesionCrops.from_rows(rows, s.config.resolution, s.config.margin, progress=show, labels=labels)
+    log.info("training on %d regions at %dpx", len(crops), s.config.resolution)
 
     # 3. Model, schedule, optimiser, EMA. The seed fixes the initial weights (the same on every rank) and
     #    every random draw (each rank its own stream).
@@ -126,6 +153,8 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     }
     if dp.enabled:
         run_identity["processes"] = dp.world_size  # absent for one process: older checkpoints still match
+    if s.config.conditional:
+        run_identity |= {"normal_label": s.normal_label, "label_dropout": s.label_dropout}
 
     # 4. Resume.
     step, loss_curve, train_seconds = 0, [], 0.0
@@ -175,6 +204,15 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
             "manifest_name": manifest.path.name,
             "images_used": len(crops),
             "image_rows": crops.rows,
+            **(
+                {
+                    "normal_label": s.normal_label,
+                    "label_dropout": s.label_dropout,
+                    "regions_per_class": {"normal": labels.count(0), "lesion": labels.count(1)},
+                }
+                if s.config.conditional
+                else {}
+            ),
             "steps": step,
             "batch_size": s.batch_size,
             "processes": dp.world_size,
@@ -192,16 +230,19 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     window: list[float] = []
     tic = time.perf_counter()
     while step < s.max_steps:
-        x0, mask = crops.sample(s.batch_size, generator)
+        x0, mask, y = crops.sample(s.batch_size, generator)
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (s.batch_size,), generator=generator)
         x0, mask, noise, t = x0.to(device), mask.to(device), noise.to(device), t.to(device)
+        class_labels = None
+        if s.config.conditional:
+            class_labels = drop_labels(y, s.label_dropout, s.config.null_class, generator).to(device)
         xt = noise_scheduler.add_noise(x0, noise, t)
         model_in = torch.cat([xt, mask], dim=1) if s.config.mask_conditioning else xt
         for group in optimizer.param_groups:
             group["lr"] = s.learning_rate * min(1.0, (step + 1) / s.warmup_steps)
         with autocast():
-            pred = model(model_in, t).sample
+            pred = model(model_in, t, class_labels=class_labels).sample
         loss = F.mse_loss(pred.float(), noise)
         backward_step(loss, model, optimizer, scaler, clip=1.0)  # DDP: gradients averaged over ranks
         ema.step(unet.parameters())

@@ -25,9 +25,9 @@ from models.experiment.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
-_SYNTH_CONFIG_KEYS = ("resolution", "preset", "mask_conditioning", "margin")
-_SYNTH_TRAIN_KEYS = ("max_steps", "batch_size", "learning_rate", "checkpoint_every", "seed")
-_SAMPLER_KEYS = ("steps", "strength", "eta", "resample")
+_SYNTH_CONFIG_KEYS = ("resolution", "preset", "mask_conditioning", "margin", "num_classes")
+_SYNTH_TRAIN_KEYS = ("max_steps", "batch_size", "learning_rate", "checkpoint_every", "seed", "label_dropout")
+_SAMPLER_KEYS = ("steps", "strength", "eta", "resample", "guidance")
 
 
 def synthesizer_settings(
@@ -38,6 +38,7 @@ def synthesizer_settings(
     values = dict(
         manifest=split_manifest,
         lesion_label=config.positive_label,
+        normal_label=config.normal_label if synth.get("num_classes") else None,
         out=out,
         config=SynthesizerConfig(**{k: synth[k] for k in _SYNTH_CONFIG_KEYS if k in synth}),
         resume=True,

@@ -28,10 +28,12 @@ class RemoteInpainter:
         strength: float | None = None,
         eta: float | None = None,
         resample: int | None = None,
+        guidance: float | None = None,
     ) -> list[np.ndarray]:
-        if eta is not None or resample is not None:
+        if eta is not None or resample is not None or guidance is not None:
             raise ConfigError(
-                "--eta and --resample are not offered by the synthesis API; leave them unset with --remote"
+                "--eta, --resample and --guidance are not offered by the synthesis API; leave them unset "
+                "with --remote"
             )
         for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
             check_pair(image, mask, role=f"pair {i}")
