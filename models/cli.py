@@ -57,6 +57,12 @@ ResampleOpt = Annotated[
     int | None,
     typer.Option(help="Takes per step, RePaint-style resampling (default 1; each more = 1x time)."),
 ]
+GuidanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Class-conditional synthesizers: guidance toward the lesion class (default 1; not 1 = 2x time)."
+    ),
+]
 
 
 @data_app.command("check")
@@ -151,6 +157,16 @@ def train_synthesizer_cmd(
     resolution: Annotated[int, typer.Option(help="Crop side the UNet sees: 32, 64, 128 or 256.")] = 64,
     preset: Annotated[str, typer.Option(help="UNet size: tiny, small, base.")] = "small",
     mask_conditioning: Annotated[bool, typer.Option(help="Give the UNet the mask as a 4th channel.")] = False,
+    num_classes: Annotated[
+        int, typer.Option(help="0: lesion regions only (paper 000); 2: class-conditional on both classes.")
+    ] = 0,
+    normal_label: Annotated[
+        str | None, typer.Option(help="With --num-classes 2: the label whose regions are the normal class.")
+    ] = None,
+    label_dropout: Annotated[
+        float,
+        typer.Option(help="With --num-classes 2: how often a region's class is dropped (for guidance)."),
+    ] = 0.1,
     max_steps: int = 2000,
     batch_size: int = 8,
     learning_rate: float = 2e-4,
@@ -180,11 +196,15 @@ def train_synthesizer_cmd(
         from models.progress import JsonFileSink, set_sink
 
         set_sink(JsonFileSink(progress_file))
-    config = SynthesizerConfig(resolution=resolution, preset=preset, mask_conditioning=mask_conditioning)
+    config = SynthesizerConfig(
+        resolution=resolution, preset=preset, mask_conditioning=mask_conditioning, num_classes=num_classes
+    )
     card = train_synthesizer(
         TrainSettings(
             manifest=manifest,
             lesion_label=lesion_label,
+            normal_label=normal_label,
+            label_dropout=label_dropout,
             out=out,
             config=config,
             max_steps=max_steps,
@@ -217,6 +237,7 @@ def synthesize_cmd(
     strength: StrengthOpt = None,
     eta: EtaOpt = None,
     resample: ResampleOpt = None,
+    guidance: GuidanceOpt = None,
 ) -> None:
     """Paint a synthetic lesion into the masked region of one image (here, or on a synthesis service)."""
     from models.artifacts import atomic_write_bytes
@@ -225,7 +246,7 @@ def synthesize_cmd(
 
     img = decode_image(image, role="image")
     msk = decode_mask(mask, role="mask")
-    settings = dict(seed=seed, steps=steps, strength=strength, eta=eta, resample=resample)
+    settings = dict(seed=seed, steps=steps, strength=strength, eta=eta, resample=resample, guidance=guidance)
     if remote:
         result = remote_inpainter(remote).inpaint(img, msk, **settings)
     elif model is None:
@@ -262,6 +283,7 @@ def balance_cmd(
     strength: StrengthOpt = None,
     eta: EtaOpt = None,
     resample: ResampleOpt = None,
+    guidance: GuidanceOpt = None,
     batch_size: Annotated[
         int, typer.Option(help="Images per UNet batch (per wave of requests with --remote).")
     ] = 8,
@@ -287,6 +309,7 @@ def balance_cmd(
             strength=strength,
             eta=eta,
             resample=resample,
+            guidance=guidance,
             batch_size=batch_size,
         ),
         inpainter=inpainter,
@@ -308,6 +331,7 @@ def grid_cmd(
     strength: StrengthOpt = None,
     eta: EtaOpt = None,
     resample: ResampleOpt = None,
+    guidance: GuidanceOpt = None,
     reference_label: Annotated[
         str | None, typer.Option(help="Add a row of real images of this label.")
     ] = None,
@@ -323,7 +347,13 @@ def grid_cmd(
         split=split,
         n_images=n_images,
         seeds=[int(s) for s in seeds.split(",")],
-        sampler={"steps": steps, "strength": strength, "eta": eta, "resample": resample},
+        sampler={
+            "steps": steps,
+            "strength": strength,
+            "eta": eta,
+            "resample": resample,
+            "guidance": guidance,
+        },
         reference_label=reference_label,
     )
     typer.echo(f"wrote {path}")

@@ -158,3 +158,50 @@ def test_console_script_entry_point(tmp_path):
     )
     assert proc.returncode == 2
     assert "manifest not found" in proc.stderr
+
+
+def test_class_conditional_train_and_guided_synthesis(tmp_path, demo_manifest):
+    runner = CliRunner()
+    model = tmp_path / "cond"
+    args = [
+        "train-synthesizer",
+        "--manifest",
+        str(demo_manifest),
+        "--lesion-label",
+        "lesion",
+        "--out",
+        str(model),
+    ]
+    args += [
+        "--resolution",
+        "32",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
+    result = runner.invoke(app, [*args, "--num-classes", "2"])
+    assert result.exit_code == 2 and "needs --normal-label" in result.output
+    result = runner.invoke(app, [*args, "--num-classes", "2", "--normal-label", "normal"])
+    assert result.exit_code == 0, result.output
+    from models.data.manifest import load_manifest
+
+    row = load_manifest(demo_manifest).rows_in("train", "normal")[0]
+    out = tmp_path / "guided.png"
+    synth = [
+        "synthesize",
+        "--image",
+        str(row.image_file),
+        "--mask",
+        str(row.mask_file),
+        "--model",
+        str(model),
+    ]
+    result = runner.invoke(app, [*synth, "--out", str(out), "--steps", "3", "--guidance", "2.5"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == Image.open(row.image_file).size
+    result = runner.invoke(app, [*synth, "--out", str(tmp_path / "x.png"), "--guidance", "99"])
+    assert result.exit_code == 2 and "guidance must be in [0, 20]" in result.output
