@@ -201,3 +201,49 @@ def test_roles_experiment_end_to_end(tmp_path, role_dataset, tiny_synth):
     assert "Primary comparison (pre-registered" in report and "sens. at 90% spec." in report
     meta = json.loads((config.out / "results.json").read_text())["meta"]
     assert meta["split"]["file"] == "roles.csv"  # relative to the config, no home directories
+
+
+def test_a_variant_reuses_the_classical_units_of_an_identical_run(tmp_path, role_dataset, tiny_synth):
+    manifest, roles_csv = role_dataset
+    first = load_config(
+        experiment_yaml(
+            tmp_path, manifest, roles_csv, tiny_synth, strategies=["none", "weighted-loss"], primary=None
+        )
+    )
+    run_experiment(first, progress=False)
+    variant_dir = tmp_path / "variant"
+    variant_dir.mkdir()
+    variant = load_config(
+        experiment_yaml(
+            variant_dir,
+            manifest,
+            roles_csv,
+            tiny_synth,
+            reuse_units=str(first.out),
+            strategies=["none", "weighted-loss", "synthetic"],
+        )
+    )
+    results = run_experiment(variant, progress=False)
+    for strategy in ("none", "weighted-loss"):  # taken, not retrained: the same scores
+        ours = json.loads((variant.out / "units" / strategy / "seed-0" / "test_scores.json").read_text())
+        theirs = json.loads((first.out / "units" / strategy / "seed-0" / "test_scores.json").read_text())
+        assert ours["scores"] == theirs["scores"] and ours["reused_from"].startswith(str(first.out))
+    assert "reused_from" not in json.loads(
+        (variant.out / "units" / "synthetic" / "seed-0" / "test_scores.json").read_text()
+    )
+    assert results["strategies"]["none"]["auc_mean"] > 0
+    # A run with other classifier settings cannot stand in.
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = load_config(
+        experiment_yaml(
+            other_dir,
+            manifest,
+            roles_csv,
+            tiny_synth,
+            reuse_units=str(first.out),
+            classifier={"arch": "resnet18", "image_size": 32, "epochs": 3, "batch_size": 16},
+        )
+    )
+    with pytest.raises(ConfigError, match="differs in classifier"):
+        run_experiment(other, progress=False)

@@ -70,6 +70,9 @@ class ExperimentConfig:
     classifier: dict = field(default_factory=dict)
     series: dict = field(default_factory=dict)
     primary: dict = field(default_factory=dict)
+    #: An earlier experiment's output folder whose classical units (no synthetic image) this one takes
+    #: instead of training them again: a synthesizer variant then costs only its synthetic units.
+    reuse_units: Path | None = None
     strategies: tuple[str, ...] = STRATEGIES
     seeds: tuple[int, ...] = (0, 1, 2)
     workers: int = 1
@@ -113,6 +116,10 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     values = dict(raw)
     for key in ("manifest", "out"):
         values[key] = (base / str(values[key])).resolve()
+    if values.get("reuse_units") is not None:
+        values["reuse_units"] = (base / str(values["reuse_units"])).resolve()
+        if values["reuse_units"] == values["out"]:
+            raise ConfigError("reuse_units must be another experiment's output folder, not this one's")
     if "model" in values.get("synthesizer", {}):
         values["synthesizer"] = {
             **values["synthesizer"],

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.artifacts import atomic_write_json
 from models.balance import BalanceSettings, balance_dataset
 from models.data.manifest import Manifest, load_manifest
 from models.data.roles import assign_splits, check_test_not_trained, read_role_file
@@ -22,6 +23,7 @@ from models.data.split import add_split
 from models.diffusion.config import SynthesizerConfig
 from models.diffusion.train import TrainSettings, train_synthesizer
 from models.experiment.config import ExperimentConfig
+from models.experiment.units import IDENTITY, units_identity
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
         if not split_path.is_file():
             add_split(manifest, **config.split)
             manifest.save(split_path)
+    atomic_write_json(out / IDENTITY, units_identity(config, split_path))
     if not config.needs_synthesis:
         return PreparedData(split_path, split_path, None, 0)
 

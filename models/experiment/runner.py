@@ -25,7 +25,7 @@ from models.experiment.prepare import PreparedData, prepare
 from models.experiment.report import write_report
 from models.experiment.series import run_series
 from models.experiment.subgroups import case_groups
-from models.experiment.units import SCORES, Unit, all_units, run_unit
+from models.experiment.units import SCORES, Unit, all_units, reuse_classical_units, run_unit
 from models.progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -134,5 +134,6 @@ def results_meta(config: ExperimentConfig, prepared: PreparedData | None) -> dic
 
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     prepared = prepare(config, progress=progress)
+    reuse_classical_units(config, all_units(config))
     run_units(config, prepared.manifest, all_units(config), progress=progress)
     return aggregate_units(config, prepared, run_missing=True, progress=progress)

@@ -9,18 +9,26 @@ the pods of one Kubernetes Indexed Job (``lesionsynth experiment --unit-index N`
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.artifacts import atomic_write_json
+from models.classifier.balancing import CLASSICAL
 from models.classifier.folder import load_classifier
 from models.classifier.predict import predict_rows
 from models.classifier.train import ClassifierTrainSettings, train_classifier
 from models.data.manifest import load_manifest
+from models.errors import ConfigError
 from models.experiment.config import ExperimentConfig
 
 SCORES = "test_scores.json"
+IDENTITY = "units.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,3 +94,55 @@ def run_unit(config: ExperimentConfig, manifest: Path, unit: Unit, progress: boo
     }
     atomic_write_json(folder / SCORES, result)
     return result
+
+
+def units_identity(config: ExperimentConfig, split_manifest: Path) -> dict:
+    """What makes a classical unit's result the same in two experiments: the real rows (number, image
+    file, label, split; not their paths relative to the output folder) and the classifier settings.
+    Written to ``<out>/units.json`` by prepare."""
+    rows = load_manifest(split_manifest, check_files=False).rows
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{row.number}\t{row.image_file.resolve()}\t{row.label}\t{row.split}\n".encode())
+    return {
+        "real_rows_sha256": digest.hexdigest(),
+        "positive_label": config.positive_label,
+        "classifier": config.classifier,
+        "target_sensitivity": config.target_sensitivity,
+        "device": config.device,
+    }
+
+
+def reuse_classical_units(config: ExperimentConfig, units: list[Unit]) -> list[Unit]:
+    """Copy the finished classical units of ``config.reuse_units`` (same identity) into this experiment;
+    return the units copied. Refused when the identities differ: the results would not be comparable."""
+    if config.reuse_units is None:
+        return []
+    source, target = config.reuse_units / IDENTITY, config.out / IDENTITY
+    if not source.is_file():
+        raise ConfigError(
+            f"reuse_units: {config.reuse_units} holds no {IDENTITY} (run its prepare step first)"
+        )
+    theirs, ours = json.loads(source.read_text()), json.loads(target.read_text())
+    if theirs != ours:
+        changed = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
+        raise ConfigError(
+            f"reuse_units: {config.reuse_units} differs in {', '.join(changed)}; its units cannot stand in"
+        )
+    copied = []
+    for unit in units:
+        done = unit.folder(config.reuse_units) / SCORES
+        if unit.strategy in CLASSICAL and not unit.is_done(config.out) and done.is_file():
+            unit.folder(config.out).mkdir(parents=True, exist_ok=True)
+            if (unit.folder(config.reuse_units) / "classifier").is_dir():
+                shutil.copytree(
+                    unit.folder(config.reuse_units) / "classifier",
+                    unit.folder(config.out) / "classifier",
+                    dirs_exist_ok=True,
+                )
+            atomic_write_json(
+                unit.folder(config.out) / SCORES, {**json.loads(done.read_text()), "reused_from": str(done)}
+            )
+            copied.append(unit)
+    log.info("reused %d classical units from %s", len(copied), config.reuse_units)
+    return copied
