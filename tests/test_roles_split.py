@@ -247,3 +247,45 @@ def test_a_variant_reuses_the_classical_units_of_an_identical_run(tmp_path, role
     )
     with pytest.raises(ConfigError, match="differs in classifier"):
         run_experiment(other, progress=False)
+
+
+def test_guidance_is_chosen_on_val_only(tmp_path, role_dataset, tiny_synth, tiny_classifier):
+    from models.experiment.guidance import choose_guidance
+
+    manifest, roles_csv = role_dataset
+    synthesizer = {
+        "num_classes": 2,
+        "resolution": 32,
+        "preset": "tiny",
+        "max_steps": 6,
+        "batch_size": 4,
+        "roles": ["pool"],
+    }
+    config = load_config(
+        experiment_yaml(
+            tmp_path,
+            manifest,
+            roles_csv,
+            tiny_synth,
+            synthesizer=synthesizer,
+            balance={"count": 4, "steps": 2},
+        )
+    )
+    result = choose_guidance(config, [0.0, 1.0, 3.0], tiny_classifier, progress=False)
+    assert set(result["scales"]) == {"0", "1", "3"}
+    gaps = {float(k): v["anchoring_gap"] for k, v in result["scales"].items()}
+    assert result["chosen"] == max(gaps, key=gaps.get)
+    split = load_manifest(config.out / "data" / "manifest.csv", check_files=False)
+    n_val_normals = len(split.rows_in("val", "normal"))
+    assert result["n"] == {
+        "synthetic": (n_val_normals + 1) // 2,
+        "real_lesion": len(split.rows_in("val", "lesion")),
+        "real_normal": n_val_normals // 2,
+    }
+    assert (config.out / "guidance.md").read_text().count("(chosen)") == 1
+    # The synthesizer learnt both classes of the pool's train rows (never val or test).
+    card = json.loads((config.out / "synthesizer" / "model_card.json").read_text())
+    assert card["regions_per_class"] == {
+        "normal": len([r for r in split.rows_in("train", "normal") if r.fields["role"] == "pool"]),
+        "lesion": len([r for r in split.rows_in("train", "lesion") if r.fields["role"] == "pool"]),
+    }

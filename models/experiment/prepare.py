@@ -90,7 +90,8 @@ class PreparedData:
     synthetic_count: int
 
 
-def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
+def prepare_split(config: ExperimentConfig, progress: bool = True) -> Path:
+    """The manifest with the experiment's split (written once under ``out/data/`` unless the input has one)."""
     out = config.out
     manifest = load_manifest(config.manifest, progress=progress)
     for label in (config.positive_label, config.normal_label):
@@ -107,17 +108,28 @@ def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
             add_split(manifest, **config.split)
             manifest.save(split_path)
     atomic_write_json(out / IDENTITY, units_identity(config, split_path))
-    if not config.needs_synthesis:
-        return PreparedData(split_path, split_path, None, 0)
+    return split_path
 
-    # The synthesizer: a given folder, or out/synthesizer; trained here (train lesion rows only) unless
-    # the folder already holds a finished synthesizer.
-    model = Path(config.synthesizer.get("model", out / "synthesizer"))
+
+def prepare_synthesizer(config: ExperimentConfig, split_path: Path, progress: bool = True) -> Path:
+    """The synthesizer: a given folder, or out/synthesizer; trained here (train lesion rows of the chosen
+    roles only) unless the folder already holds a finished synthesizer."""
+    model = Path(config.synthesizer.get("model", config.out / "synthesizer"))
     if not (model / "model_card.json").is_file():
         source = synthesizer_manifest(config, split_path)
         train_synthesizer(synthesizer_settings(config, source, model, progress=progress))
+    return model
+
+
+def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
+    split_path = prepare_split(config, progress)
+    if not config.needs_synthesis:
+        return PreparedData(split_path, split_path, None, 0)
+    model = prepare_synthesizer(config, split_path, progress)
     count = synthetic_count(config, split_path)
-    balanced = balance_dataset(balance_settings(config, split_path, model, out / "balanced", count, progress))
+    balanced = balance_dataset(
+        balance_settings(config, split_path, model, config.out / "balanced", count, progress)
+    )
     log.info("balanced train split with %d synthetic positives", count)
     return PreparedData(balanced, split_path, model, count)
 
