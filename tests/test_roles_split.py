@@ -19,7 +19,7 @@ from models.data.roles import (
 )
 from models.errors import ConfigError
 from models.experiment.config import load_config
-from models.experiment.prepare import synthesizer_manifest, write_role_split
+from models.experiment.prepare import prepare, synthesizer_manifest, write_role_split
 from models.experiment.runner import run_experiment
 
 
@@ -268,9 +268,11 @@ def test_guidance_is_chosen_on_val_only(tmp_path, role_dataset, tiny_synth, tiny
             roles_csv,
             tiny_synth,
             synthesizer=synthesizer,
-            balance={"count": 4, "steps": 2},
+            balance={"count": 4, "steps": 2, "guidance": "chosen-on-val"},
         )
     )
+    with pytest.raises(ConfigError, match="guidance.json does not exist"):
+        prepare(config, progress=False)
     result = choose_guidance(config, [0.0, 1.0, 3.0], tiny_classifier, progress=False)
     assert set(result["scales"]) == {"0", "1", "3"}
     gaps = {float(k): v["anchoring_gap"] for k, v in result["scales"].items()}
@@ -283,6 +285,8 @@ def test_guidance_is_chosen_on_val_only(tmp_path, role_dataset, tiny_synth, tiny
         "real_normal": n_val_normals // 2,
     }
     assert (config.out / "guidance.md").read_text().count("(chosen)") == 1
+    prepare(config, progress=False)  # now the balance paints with the chosen scale
+    assert json.loads((config.out / "balanced" / "balance.json").read_text())["guidance"] == result["chosen"]
     # The synthesizer learnt both classes of the pool's train rows (never val or test).
     card = json.loads((config.out / "synthesizer" / "model_card.json").read_text())
     assert card["regions_per_class"] == {

@@ -55,6 +55,7 @@ from models.errors import ConfigError
 
 BEST_CLASSICAL = "best-classical"
 BALANCE_MODES = ("add", "replace")
+CHOSEN_ON_VAL = "chosen-on-val"  # balance.guidance: the scale models.experiment.guidance chose on val
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,9 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     mode = values.get("balance", {}).get("mode", "add")
     if mode not in BALANCE_MODES:
         raise ConfigError(f"balance.mode must be one of {', '.join(BALANCE_MODES)}, not {mode!r}")
+    guidance = values.get("balance", {}).get("guidance")
+    if guidance is not None and guidance != CHOSEN_ON_VAL and not isinstance(guidance, int | float):
+        raise ConfigError(f"balance.guidance must be a number or {CHOSEN_ON_VAL!r}, not {guidance!r}")
     config = ExperimentConfig(**values, source=source)
     config.classifier_config  # noqa: B018  (validates arch and image_size now, not in a worker later)
     return config

@@ -11,6 +11,7 @@ Everything lands under ``<out>/`` and is reused on rerun:
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from models.data.roles import assign_splits, check_test_not_trained, read_role_f
 from models.data.split import add_split
 from models.diffusion.config import SynthesizerConfig
 from models.diffusion.train import TrainSettings, train_synthesizer
-from models.experiment.config import ExperimentConfig
+from models.errors import ConfigError
+from models.experiment.config import CHOSEN_ON_VAL, ExperimentConfig
 from models.experiment.units import IDENTITY, units_identity
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,24 @@ def balance_settings(
         progress=progress,
         source_roles=tuple(config.balance["source_roles"]) if "source_roles" in config.balance else None,
         mode=config.balance.get("mode", "add"),
-        **{k: config.balance[k] for k in _SAMPLER_KEYS if k in config.balance},
+        **{k: config.balance[k] for k in _SAMPLER_KEYS if k in config.balance and k != "guidance"},
+        guidance=balance_guidance(config),
     )
+
+
+def balance_guidance(config: ExperimentConfig) -> float | None:
+    """balance.guidance: a number, or "chosen-on-val": the scale models.experiment.guidance chose and
+    wrote to ``<out>/guidance.json`` (run it first; the test split never takes part)."""
+    value = config.balance.get("guidance")
+    if value != CHOSEN_ON_VAL:
+        return value
+    record = config.out / "guidance.json"
+    if not record.is_file():
+        raise ConfigError(
+            f"balance.guidance is {CHOSEN_ON_VAL!r} but {record} does not exist: run "
+            f"`python -m models.experiment.guidance --config {config.source or '<config>'} --features <classifier>` first"
+        )
+    return float(json.loads(record.read_text())["chosen"])
 
 
 def synthetic_count(config: ExperimentConfig, split_manifest: Path) -> int:
