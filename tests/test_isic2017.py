@@ -16,7 +16,13 @@ from tests.conftest import REPO
 ISIC = REPO.parent / "shared" / "data" / "isic2017" / "manifest_256.csv"
 SPLIT = REPO / "docs" / "evidence" / "isic2017_split.csv"
 PLAN = REPO / "experiments" / "isic2017-roles.yaml"
-CONFIGS = ["isic2017-scarce.yaml", "isic2017-donor.yaml", "isic2017-gpu.yaml"]
+CONFIGS = [
+    "isic2017-scarce.yaml",
+    "isic2017-donor.yaml",
+    "isic2017-gpu.yaml",
+    "isic2017-scarce-cfg.yaml",
+    "isic2017-donor-cfg.yaml",
+]
 
 
 @pytest.fixture(scope="module")
