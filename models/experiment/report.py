@@ -56,10 +56,10 @@ def primary_markdown(results: dict) -> str:
         return ""
     against = primary["against_resolved"]
     if primary["ensemble_delong_p"] >= 0.05:
-        verdict = f"no difference from `{against}` detectable at p < 0.05"
+        verdict = f"shows no difference from `{against}` detectable at p < 0.05"
     else:
         verdict = (
-            f"{'better' if primary['ensemble_auc_difference'] > 0 else 'worse'} than `{against}` (p < 0.05)"
+            f"is {'better' if primary['ensemble_auc_difference'] > 0 else 'worse'} than `{against}` (p < 0.05)"
         )
     return f"""
 ## Primary comparison (pre-registered in the config before the run)
@@ -69,7 +69,7 @@ def primary_markdown(results: dict) -> str:
 {primary["ensemble_auc_difference"]:+.3f}, DeLong p = {_p(primary["ensemble_delong_p"])}; per seed
 {primary["seeds_better"]}/{primary["seeds_compared"]} better, mean per-seed difference
 {primary["paired_t_mean_auc_difference"]:+.3f} (paired t-test over seeds, p = {_p(primary["paired_t_p"])}).
-**Result: `{primary["strategy"]}` is {verdict}** on this test set.
+**Result on this test set: `{primary["strategy"]}` {verdict}.**
 Every other comparison in this report is secondary (no correction for multiple comparisons).
 """
 
