@@ -6,7 +6,6 @@ import shutil
 from collections import Counter
 
 import pytest
-import yaml
 
 from models.classifier.balancing import Strategy
 from models.data.manifest import Row, load_manifest, read_manifest
@@ -21,6 +20,7 @@ from models.errors import ConfigError
 from models.experiment.config import load_config
 from models.experiment.prepare import prepare, synthesizer_manifest, write_role_split
 from models.experiment.runner import run_experiment
+from tests.test_experiment import write_config
 
 
 def rows(n_pos=30, n_neg=90):
@@ -82,12 +82,10 @@ def role_dataset(tmp_path, demo_manifest):
 
 
 def experiment_yaml(tmp_path, manifest, roles_csv, tiny_synth, **overrides):
-    config = {
+    """tests/test_experiment.py's config with a role split, donor-trained synthesizer, replace-mode balance
+    and a primary comparison (each overridable)."""
+    roles_config = {
         "name": "roles",
-        "manifest": str(manifest),
-        "out": str(tmp_path / "exp"),
-        "positive_label": "lesion",
-        "normal_label": "normal",
         "split": {
             "file": str(roles_csv),
             "roles": {"pool": "train", "donor": "train", "val": "val", "test": "test"},
@@ -95,16 +93,10 @@ def experiment_yaml(tmp_path, manifest, roles_csv, tiny_synth, **overrides):
         },
         "synthesizer": {"model": str(tiny_synth), "roles": ["donor"]},
         "balance": {"count": 4, "steps": 3, "source_roles": ["pool"], "mode": "replace"},
-        "classifier": {"arch": "resnet18", "image_size": 32, "epochs": 2, "batch_size": 16},
         "strategies": ["none", "weighted-loss", "synthetic"],
-        "seeds": [0, 1],
-        "workers": 2,
         "primary": {"strategy": "synthetic", "against": "best-classical"},
     }
-    config.update(overrides)
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(tmp_path, manifest, tiny_synth, **{**roles_config, **overrides})
 
 
 def test_config_refuses_a_small_test_set_and_bad_roles(tmp_path, role_dataset, tiny_synth):

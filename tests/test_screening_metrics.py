@@ -68,10 +68,6 @@ def test_paired_t_test_by_hand():
         paired_t_test([0.5], [0.6])
 
 
-def unit(strategy, seed, labels, scores, val_auc):
-    return fake_unit(strategy, seed, labels, scores, val_auc=val_auc)
-
-
 def test_aggregate_resolves_the_primary_on_val_not_on_test():
     rng = np.random.default_rng(1)
     labels = [int(v) for v in rng.random(400) < 0.25]
@@ -79,10 +75,10 @@ def test_aggregate_resolves_the_primary_on_val_not_on_test():
     units = []
     for seed in range(4):
         # oversample is better on val but worse on test than weighted-loss: val must decide.
-        units.append(unit("none", seed, labels, 0.3 * y + rng.random(400), 0.60))
-        units.append(unit("oversample", seed, labels, 0.4 * y + rng.random(400), 0.80))
-        units.append(unit("weighted-loss", seed, labels, 1.0 * y + rng.random(400), 0.70))
-        units.append(unit("synthetic", seed, labels, 1.0 * y + rng.random(400), 0.75))
+        units.append(fake_unit("none", seed, labels, 0.3 * y + rng.random(400), val_auc=0.60))
+        units.append(fake_unit("oversample", seed, labels, 0.4 * y + rng.random(400), val_auc=0.80))
+        units.append(fake_unit("weighted-loss", seed, labels, 1.0 * y + rng.random(400), val_auc=0.70))
+        units.append(fake_unit("synthetic", seed, labels, 1.0 * y + rng.random(400), val_auc=0.75))
     groups = {"sex": ["male" if i % 2 else "female" for i in range(400)]}
     results = aggregate(units, primary={"strategy": "synthetic", "against": "best-classical"}, groups=groups)
     assert results["best_classical"] == "oversample"

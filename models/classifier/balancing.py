@@ -37,6 +37,8 @@ STRATEGIES = ("none", "oversample", "weighted-loss", "weighted-sampler", "synthe
 #: The strategies that use no synthetic image: the primary comparison may pit a synthetic strategy
 #: against the best of these on validation data.
 CLASSICAL = ("none", "oversample", "weighted-loss", "weighted-sampler")
+#: ``primary.against`` naming the classical strategy with the highest mean val AUC.
+BEST_CLASSICAL = "best-classical"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ File format (``docs/evidence/isic2017_split.csv``)::
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -216,8 +217,6 @@ def check_test_not_trained(rows: Sequence[Row]) -> None:
     A public dataset can hold one image under two identifiers; a role file checked by name alone would let
     such a pair sit in test and in training.
     """
-    import hashlib
-
     first: dict[str, Row] = {}
     clashes = []
     for row in sorted(rows, key=lambda r: r.split != "test"):  # test rows first

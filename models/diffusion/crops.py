@@ -45,6 +45,9 @@ class LesionCrops:
         self.labels = torch.ones(len(images), dtype=torch.long) if labels is None else labels.long()
         if self.labels.shape != (len(images),):
             raise ValueError(f"labels {tuple(self.labels.shape)} do not match {len(images)} crops")
+        # Draw weights 1 / (crops of the crop's class); None for one class (uniform draws, as before).
+        counts = torch.bincount(self.labels)
+        self._weights = None if (counts > 0).sum() < 2 else 1.0 / counts.float()[self.labels]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -67,10 +70,6 @@ class LesionCrops:
         y = None if labels is None else torch.tensor(list(labels), dtype=torch.long)
         return cls(torch.stack(images), torch.stack(masks), [r.number for r in rows], y)
 
-    @property
-    def classes(self) -> list[int]:
-        return sorted(set(self.labels.tolist()))
-
     def sample(
         self, batch_size: int, generator: torch.Generator, augment: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,12 +77,10 @@ class LesionCrops:
 
         One class: uniform over crops (the paper's recipe, draws unchanged). Several: class-balanced.
         """
-        if len(self.classes) == 1:
+        if self._weights is None:
             idx = torch.randint(0, len(self), (batch_size,), generator=generator)
         else:
-            counts = torch.bincount(self.labels).float()
-            weights = 1.0 / counts[self.labels]
-            idx = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+            idx = torch.multinomial(self._weights, batch_size, replacement=True, generator=generator)
         x, m = self.images[idx].clone(), self.masks[idx].clone()
         if augment:
             x, m = augment_batch(x, m, generator)

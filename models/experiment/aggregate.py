@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from models.classifier.balancing import CLASSICAL
+from models.classifier.balancing import BEST_CLASSICAL, CLASSICAL
 from models.evaluation.resampling import bootstrap_ci, paired_t_test
 from models.evaluation.roc import (
     auc_confidence_interval,
@@ -33,7 +33,6 @@ from models.evaluation.roc import (
 
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 SPECIFICITY = 0.9  # the fixed operating point: sensitivity at 90% specificity
-BEST_CLASSICAL = "best-classical"
 
 
 def _sens_at_spec(y: np.ndarray, s: np.ndarray) -> float:
@@ -62,7 +61,12 @@ def summarize_strategy(units: list[dict]) -> dict:
     labels = np.array(units[0]["labels"])
     aucs = np.array([roc_auc(labels, u["scores"]) for u in units])
     n = len(aucs)
-    sd = float(aucs.std(ddof=1)) if n > 1 else 0.0
+
+    def spread(v: np.ndarray) -> float:
+        """sd over seeds (0 for one seed)."""
+        return float(v.std(ddof=1)) if n > 1 else 0.0
+
+    sd = spread(aucs)
     half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
     ensemble = np.mean([u["scores"] for u in units], axis=0)
     ci = auc_confidence_interval(labels, ensemble)
@@ -70,9 +74,6 @@ def summarize_strategy(units: list[dict]) -> dict:
     bal_acc = np.array([balanced_accuracy(labels, u["scores"], u["threshold"]) for u in units])
     at_spec = np.array([_sens_at_spec(labels, np.asarray(u["scores"])) for u in units])
     at_spec_ensemble = bootstrap_ci(labels, ensemble, _sens_at_spec)
-
-    def spread(v: np.ndarray) -> float:
-        return float(v.std(ddof=1)) if n > 1 else 0.0
 
     return {
         "n_seeds": n,
@@ -83,9 +84,9 @@ def summarize_strategy(units: list[dict]) -> dict:
         "ensemble_auc": ci.auc,
         "ensemble_auc_ci95": [ci.low, ci.high],
         "sensitivity_mean": float(sens_spec[:, 0].mean()),
-        "sensitivity_sd": float(sens_spec[:, 0].std(ddof=1)) if n > 1 else 0.0,
+        "sensitivity_sd": spread(sens_spec[:, 0]),
         "specificity_mean": float(sens_spec[:, 1].mean()),
-        "specificity_sd": float(sens_spec[:, 1].std(ddof=1)) if n > 1 else 0.0,
+        "specificity_sd": spread(sens_spec[:, 1]),
         "balanced_accuracy_mean": float(bal_acc.mean()),
         "balanced_accuracy_sd": spread(bal_acc),
         "sens_at_spec90_per_seed": at_spec.tolist(),
@@ -192,13 +193,14 @@ def aggregate(
                     units, by_strategy[best]
                 )
     if primary:
-        against = best if primary.get("against", BEST_CLASSICAL) == BEST_CLASSICAL else primary["against"]
+        declared = primary.get("against", BEST_CLASSICAL)
+        against = best if declared == BEST_CLASSICAL else declared
         out["primary"] = {
             "strategy": primary["strategy"],
-            "against": primary.get("against", BEST_CLASSICAL),
+            "against": declared,
             "against_resolved": against,
             "chosen_on": "mean val AUC of the classical strategies"
-            if primary.get("against", BEST_CLASSICAL) == BEST_CLASSICAL
+            if declared == BEST_CLASSICAL
             else "named in the config",
             **compare_with_baseline(by_strategy[primary["strategy"]], by_strategy[against]),
         }

@@ -48,12 +48,11 @@ from typing import Any
 
 import yaml
 
-from models.classifier.balancing import CLASSICAL, STRATEGIES
+from models.classifier.balancing import BEST_CLASSICAL, CLASSICAL, STRATEGIES
 from models.classifier.config import ClassifierConfig
 from models.data.roles import check_role_mapping, read_role_file
 from models.errors import ConfigError
 
-BEST_CLASSICAL = "best-classical"
 BALANCE_MODES = ("add", "replace")
 CHOSEN_ON_VAL = "chosen-on-val"  # balance.guidance: the scale models.experiment.guidance chose on val
 

@@ -31,7 +31,7 @@ from models.data.manifest import load_manifest
 from models.diffusion.inpaint import LesionInpainter
 from models.evaluation.fidelity import classifier_features, fidelity_scores
 from models.experiment.config import ExperimentConfig, load_config
-from models.experiment.prepare import prepare_split, prepare_synthesizer
+from models.experiment.prepare import SAMPLER_KEYS, prepare_split, prepare_synthesizer
 
 log = logging.getLogger(__name__)
 RESULT = "guidance.json"
@@ -48,10 +48,12 @@ def choose_guidance(
     val_lesions = [r for r in rows if r.split == "val" and r.label == config.positive_label]
     sources, references = val_normals[::2], val_normals[1::2]
     classifier = load_classifier(feature_classifier)
-    ref_lesion = classifier_features(classifier, [r.load()[0] for r in val_lesions])
-    ref_normal = classifier_features(classifier, [r.load()[0] for r in references])
+    lesion_images = [r.load()[0] for r in val_lesions]
+    normal_images = [r.load()[0] for r in references]
+    ref_lesion = classifier_features(classifier, lesion_images)
+    ref_normal = classifier_features(classifier, normal_images)
     inpainter = LesionInpainter.from_pretrained(model, batch_size=16)
-    sampler = {k: config.balance[k] for k in ("steps", "strength", "eta", "resample") if k in config.balance}
+    sampler = {k: config.balance[k] for k in SAMPLER_KEYS if k in config.balance}
     seed = int(config.balance.get("seed", 0))
     pairs = [r.load() for r in sources]
     measured = {}
@@ -86,8 +88,8 @@ def choose_guidance(
         "feature_classifier": classifier.model_version,
         "n": {"synthetic": len(sources), "real_lesion": len(val_lesions), "real_normal": len(references)},
         "reference_p_lesion": {
-            "val real lesion": float(np.mean(predict_images(classifier, [r.load()[0] for r in val_lesions]))),
-            "val real normal": float(np.mean(predict_images(classifier, [r.load()[0] for r in references]))),
+            "val real lesion": float(np.mean(predict_images(classifier, lesion_images))),
+            "val real normal": float(np.mean(predict_images(classifier, normal_images))),
         },
     }
     atomic_write_json(config.out / RESULT, result)

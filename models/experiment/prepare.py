@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _SYNTH_CONFIG_KEYS = ("resolution", "preset", "mask_conditioning", "margin", "num_classes")
 _SYNTH_TRAIN_KEYS = ("max_steps", "batch_size", "learning_rate", "checkpoint_every", "seed", "label_dropout")
-_SAMPLER_KEYS = ("steps", "strength", "eta", "resample", "guidance")
+SAMPLER_KEYS = ("steps", "strength", "eta", "resample")  # balance.guidance: see balance_guidance
 
 
 def synthesizer_settings(
@@ -67,7 +67,7 @@ def balance_settings(
         progress=progress,
         source_roles=tuple(config.balance["source_roles"]) if "source_roles" in config.balance else None,
         mode=config.balance.get("mode", "add"),
-        **{k: config.balance[k] for k in _SAMPLER_KEYS if k in config.balance and k != "guidance"},
+        **{k: config.balance[k] for k in SAMPLER_KEYS if k in config.balance},
         guidance=balance_guidance(config),
     )
 

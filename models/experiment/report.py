@@ -58,9 +58,7 @@ def primary_markdown(results: dict) -> str:
     if primary["ensemble_delong_p"] >= 0.05:
         verdict = f"shows no difference from `{against}` detectable at p < 0.05"
     else:
-        verdict = (
-            f"is {'better' if primary['ensemble_auc_difference'] > 0 else 'worse'} than `{against}` (p < 0.05)"
-        )
+        verdict = f"is {'better' if primary['ensemble_auc_difference'] > 0 else 'worse'} than `{against}` (p < 0.05)"
     return f"""
 ## Primary comparison (pre-registered in the config before the run)
 
