@@ -167,6 +167,13 @@ def train_synthesizer_cmd(
         float,
         typer.Option(help="With --num-classes 2: how often a region's class is dropped (for guidance)."),
     ] = 0.1,
+    all_regions: Annotated[
+        bool, typer.Option(help="Pre-training: learn the regions of every train row, whatever its label.")
+    ] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune: start from this synthesizer folder's weights (same architecture)."),
+    ] = None,
     max_steps: int = 2000,
     batch_size: int = 8,
     learning_rate: float = 2e-4,
@@ -187,7 +194,8 @@ def train_synthesizer_cmd(
     """Train the DDPM on the masked lesion regions of the `train` lesion images (paper 000).
 
     Data-parallel on N GPUs: `torchrun --nproc-per-node N -m models.cli train-synthesizer ... --device cuda`
-    (--batch-size is per process)."""
+    (--batch-size is per process). Paper 002's recipe in two runs: `--all-regions` (every region,
+    unconditional), then `--init-from` that folder on the lesion regions."""
     from models.diffusion.config import SynthesizerConfig
     from models.diffusion.train import TrainSettings, train_synthesizer
     from models.distributed import DataParallel
@@ -205,6 +213,8 @@ def train_synthesizer_cmd(
             lesion_label=lesion_label,
             normal_label=normal_label,
             label_dropout=label_dropout,
+            all_regions=all_regions,
+            init_from=init_from,
             out=out,
             config=config,
             max_steps=max_steps,

@@ -3,9 +3,12 @@
 Read top to bottom, :func:`train_synthesizer` is the recipe:
 
 1. validate the manifest and take the ``train`` rows of the lesion class (never ``val``/``test``); a
-   class-conditional synthesizer (``config.num_classes == 2``) also takes the normal class's rows;
+   class-conditional synthesizer (``config.num_classes == 2``) also takes the normal class's rows, and an
+   unconditional pre-training run (``all_regions``) the rows of every label;
 2. extract each lesion region (mask bounding box + margin, square, resized) into memory;
-3. build the UNet, the DDPM schedule, AdamW and an EMA of the weights;
+3. build the UNet (or start from a pre-trained synthesizer's weights, ``init_from``: paper 002's recipe of
+   pre-training on every region, then fine-tuning on the lesion regions), the DDPM schedule, AdamW and an
+   EMA of the weights;
 4. resume from the newest checkpoint when asked;
 5. optimise the simplified DDPM objective  L = || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2
    (Ho et al. 2020, Eq. 14 / Algorithm 1), checkpointing every N steps; a conditional UNet also gets each
@@ -41,7 +44,13 @@ from models.data.manifest import load_manifest
 from models.devices import autocast_for, backward_step
 from models.diffusion.config import SynthesizerConfig, build_train_scheduler, build_unet
 from models.diffusion.crops import LesionCrops
-from models.diffusion.folder import CARD_NAME, read_card, write_synthesizer
+from models.diffusion.folder import (
+    CARD_NAME,
+    LoadedSynthesizer,
+    load_synthesizer,
+    read_card,
+    write_synthesizer,
+)
 from models.distributed import DataParallel
 from models.errors import ConfigError
 from models.progress import tqdm
@@ -73,6 +82,10 @@ class TrainSettings:
     #: Class-conditional only: the label whose regions are class 0, and how often a class is dropped.
     normal_label: str | None = None
     label_dropout: float = 0.1
+    #: Unconditional pre-training: learn the regions of every train row, whatever its label.
+    all_regions: bool = False
+    #: Fine-tuning: start from this finished synthesizer folder's weights (its config must equal ours).
+    init_from: Path | None = None
 
     def check(self) -> None:
         if self.max_steps < 1:
@@ -89,6 +102,11 @@ class TrainSettings:
                 )
             if not 0.0 < self.label_dropout < 1.0:
                 raise ConfigError("--label-dropout must be in (0, 1): guidance needs the null class")
+            if self.all_regions:
+                raise ConfigError(
+                    "--all-regions is for unconditional pre-training; a class-conditional synthesizer "
+                    "already learns the regions of both classes"
+                )
 
 
 def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator) -> torch.Tensor:
@@ -96,6 +114,20 @@ def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torc
     so one network also learns the unconditional model that classifier-free guidance contrasts with."""
     drop = torch.rand(labels.shape, generator=generator) < p
     return torch.where(drop, torch.full_like(labels, null_class), labels)
+
+
+def start_weights(folder: Path, config: SynthesizerConfig) -> LoadedSynthesizer:
+    """The finished synthesizer a fine-tuning run starts from; refused unless its config equals ``config``
+    (the weights would not fit, or would mean something else)."""
+    init = load_synthesizer(folder)
+    if init.config != config:
+        theirs, ours = init.config.to_dict(), config.to_dict()
+        changed = sorted(k for k in ours if theirs.get(k) != ours.get(k))
+        raise ConfigError(
+            f"--init-from {folder.name}: its synthesizer differs in {', '.join(changed)}; fine-tune with "
+            "the same resolution, preset, mask conditioning, margin, schedule and classes"
+        )
+    return init
 
 
 def snapshot_dir(out: Path, step: int) -> Path:
@@ -121,6 +153,8 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     rows = manifest.rows_in("train", s.lesion_label)
     if not rows:
         raise ConfigError(f"no 'train' rows with label {s.lesion_label!r}: nothing to learn lesions from")
+    if s.all_regions:
+        rows = manifest.rows_in("train")
     labels = [1] * len(rows)
     if s.config.conditional:
         normals = manifest.rows_in("train", s.normal_label)
@@ -137,7 +171,11 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     # 3. Model, schedule, optimiser, EMA. The seed fixes the initial weights (the same on every rank) and
     #    every random draw (each rank its own stream).
     torch.manual_seed(s.seed)
-    unet = build_unet(s.config).to(device).train()
+    unet = build_unet(s.config)
+    if s.init_from is not None:
+        init = start_weights(Path(s.init_from), s.config)
+        unet.load_state_dict(init.unet.state_dict())
+    unet = unet.to(device).train()
     model = dp.wrap(unet, device)  # forward and backward through DDP; weights and EMA read from unet
     noise_scheduler = build_train_scheduler(s.config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=s.learning_rate, weight_decay=1e-2)
@@ -155,6 +193,10 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
         run_identity["processes"] = dp.world_size  # absent for one process: older checkpoints still match
     if s.config.conditional:
         run_identity |= {"normal_label": s.normal_label, "label_dropout": s.label_dropout}
+    if s.all_regions:
+        run_identity["all_regions"] = True
+    if s.init_from is not None:
+        run_identity["init_from"] = init.model_version
 
     # 4. Resume.
     step, loss_curve, train_seconds = 0, [], 0.0
@@ -211,6 +253,19 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
                     "regions_per_class": {"normal": labels.count(0), "lesion": labels.count(1)},
                 }
                 if s.config.conditional
+                else {}
+            ),
+            **({"all_regions": True} if s.all_regions else {}),
+            **(
+                {
+                    "init_from": {
+                        "model_version": init.model_version,
+                        "steps": init.card.get("steps"),
+                        "images_used": init.card.get("images_used"),
+                        "all_regions": init.card.get("all_regions", False),
+                    }
+                }
+                if s.init_from is not None
                 else {}
             ),
             "steps": step,

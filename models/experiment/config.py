@@ -35,6 +35,7 @@ are converted; the one comparison the test set decides is declared before the ru
       roles: {pool: train, donor: train, val: val, test: test}   # other roles are left out
       min_test_positives: 120
     synthesizer: {roles: [donor], ...}        # lesion regions of these train roles only
+    # synthesizer: {pretrain: {max_steps: 2400}, max_steps: 1200, ...}   every region first, then lesions
     balance: {count: 200, source_roles: [pool], mode: replace}   # replace: converted normals leave the
                                               # synthetic strategies' pool (paper 000: 1218 -> 918 normal)
     primary: {strategy: synthetic, against: best-classical}      # best classical = highest mean val AUC
@@ -158,6 +159,7 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     mode = values.get("balance", {}).get("mode", "add")
     if mode not in BALANCE_MODES:
         raise ConfigError(f"balance.mode must be one of {', '.join(BALANCE_MODES)}, not {mode!r}")
+    _check_pretrain(values.get("synthesizer", {}))
     guidance = values.get("balance", {}).get("guidance")
     if guidance is not None and guidance != CHOSEN_ON_VAL and not isinstance(guidance, int | float):
         raise ConfigError(f"balance.guidance must be a number or {CHOSEN_ON_VAL!r}, not {guidance!r}")
@@ -179,6 +181,22 @@ def _parse_role_split(split: dict, base: Path, positive_label: str) -> dict:
     file = (base / str(split["file"])).resolve()
     check_role_mapping(read_role_file(file), roles, positive_label, minimum)
     return {"file": str(file), "roles": dict(roles), "min_test_positives": minimum}
+
+
+def _check_pretrain(synthesizer: dict) -> None:
+    """synthesizer.pretrain: {max_steps: N}: N unconditional steps on every region of the synthesizer's
+    train rows, then ``max_steps`` of fine-tuning on the lesion regions (paper 002)."""
+    if "pretrain" not in synthesizer:
+        return
+    pretrain = synthesizer["pretrain"]
+    if not isinstance(pretrain, dict) or set(pretrain) != {"max_steps"}:
+        raise ConfigError("synthesizer.pretrain must be {max_steps: N}")
+    if not isinstance(pretrain["max_steps"], int) or pretrain["max_steps"] < 1:
+        raise ConfigError("synthesizer.pretrain.max_steps must be a positive integer")
+    if synthesizer.get("num_classes") or "model" in synthesizer:
+        raise ConfigError(
+            "synthesizer.pretrain is for an unconditional synthesizer trained here (no num_classes, no model)"
+        )
 
 
 def _check_roles_subset(values: dict) -> None:

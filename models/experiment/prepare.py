@@ -5,6 +5,8 @@ Everything lands under ``<out>/`` and is reused on rerun:
     data/manifest.csv        the input manifest with a split (only written when the input had none); with a
                              role file: the rows of the mapped roles, with ``role`` and ``split`` columns
     data/synthesizer.csv     with ``synthesizer.roles``: the train rows of those roles (what it learns from)
+    synthesizer-pretrain/    with ``synthesizer.pretrain``: unconditional, on every train region of the
+                             synthesizer's rows (paper 002), the start of the synthesizer's fine-tuning
     synthesizer/             trained on train lesion rows only (unless the config names a model)
     balanced/manifest.csv    real rows + synthetic lesions made from train normal rows and their masks
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from models.artifacts import atomic_write_json
@@ -133,9 +135,16 @@ def prepare_synthesizer(config: ExperimentConfig, split_path: Path, progress: bo
     """The synthesizer: a given folder, or out/synthesizer; trained here (train lesion rows of the chosen
     roles only) unless the folder already holds a finished synthesizer."""
     model = Path(config.synthesizer.get("model", config.out / "synthesizer"))
-    if not (model / "model_card.json").is_file():
-        source = synthesizer_manifest(config, split_path)
-        train_synthesizer(synthesizer_settings(config, source, model, progress=progress))
+    if (model / "model_card.json").is_file():
+        return model
+    source = synthesizer_manifest(config, split_path)
+    start = None
+    if "pretrain" in config.synthesizer:
+        start = config.out / "synthesizer-pretrain"
+        steps = config.synthesizer["pretrain"]["max_steps"]
+        settings = synthesizer_settings(config, source, start, progress=progress, max_steps=steps)
+        train_synthesizer(replace(settings, all_regions=True))
+    train_synthesizer(synthesizer_settings(config, source, model, progress=progress, init_from=start))
     return model
 
 
