@@ -8,6 +8,8 @@ The output folder holds::
                               synthetic=1, source_image, seed, model_version)
     synthetic/syn_00000.png   the synthetic images
     balance.json              the settings of the run (a rerun with other settings is refused)
+    acceptance.csv            with an acceptance filter: every candidate tried, its score and the decision
+    acceptance.json           with an acceptance filter: candidates tried, accepted, rate, threshold
 
 Rerunning resumes: the plan (which source image and seed make synthetic image i) is a pure function of
 the manifest, count and seed, each image is written atomically, and images already on disk are skipped.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.acceptance import AcceptanceFilter
 from models.artifacts import atomic_write_bytes, atomic_write_json
 from models.data.images import encode_png
 from models.data.manifest import Manifest, Row, load_manifest
@@ -58,6 +61,11 @@ class BalanceSettings:
     #: "add": the synthetic images join the real rows; "replace": the converted normal rows are marked
     #: ``converted = 1`` and the synthetic strategies leave them out (paper 000's design).
     mode: str = "add"
+    #: An acceptance filter folder (models.acceptance): up to ``count * max_tries`` candidates are made and
+    #: the first ``count`` whose region it scores >= ``accept_threshold`` are kept.
+    acceptance_filter: Path | None = None
+    accept_threshold: float = 0.5
+    max_tries: int = 4
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,85 @@ def balanced_manifest_text(
     return manifest.to_csv(columns=columns, rows=rows)
 
 
+def _bar(s: BalanceSettings, done: int):
+    return tqdm(total=s.count, initial=done, desc="balance", unit="img", disable=not s.progress)
+
+
+def _synthesize(
+    inpainter, chunk: list[PlannedImage], s: BalanceSettings
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(synthetic image, its mask) of each planned image."""
+    pairs = [p.source.load() for p in chunk]
+    results = inpainter.inpaint_batch(
+        [img for img, _ in pairs],
+        [msk for _, msk in pairs],
+        [p.seed for p in chunk],
+        steps=s.steps,
+        strength=s.strength,
+        eta=s.eta,
+        resample=s.resample,
+        guidance=s.guidance,
+    )
+    return [(result, msk) for result, (_, msk) in zip(results, pairs, strict=True)]
+
+
+def _accepted(
+    manifest: Manifest, inpainter, accept: AcceptanceFilter, s: BalanceSettings, out: Path
+) -> list[PlannedImage]:
+    """Make candidates in plan order (the first ``count`` are the unfiltered plan) until ``count`` pass the
+    filter or ``count * max_tries`` were tried; every decision is kept in ``acceptance.csv`` (a rerun
+    resumes from it), only accepted images are written. Returns the accepted candidates, in plan order."""
+    candidates = plan(manifest, s.normal_label, s.count * s.max_tries, s.seed, s.source_roles)
+    decisions = _read_decisions(out / "acceptance.csv")
+    accepted = [c for c in candidates if decisions.get(c.index, (0.0, False))[1]]
+    pending = [c for c in candidates if c.index not in decisions]
+    with _bar(s, min(len(accepted), s.count)) as bar:
+        while len(accepted) < s.count and pending:
+            chunk, pending = pending[: s.batch_size], pending[s.batch_size :]
+            made = _synthesize(inpainter, chunk, s)
+            scores = accept.score([img for img, _ in made], [msk for _, msk in made])
+            for c, (image, _), score in zip(chunk, made, scores, strict=True):
+                ok = bool(score >= accept.threshold)
+                decisions[c.index] = (float(score), ok)
+                if ok:
+                    atomic_write_bytes(out / c.file_name, encode_png(image))
+                    accepted.append(c)
+            _write_decisions(out / "acceptance.csv", decisions)
+            bar.update(min(len(accepted), s.count) - bar.n)
+    kept = sorted(accepted, key=lambda c: c.index)[: s.count]
+    summary = {
+        "tried": len(decisions),
+        "accepted": sum(ok for _, ok in decisions.values()),
+        "kept": len(kept),
+        "threshold": accept.threshold,
+        "filter_version": accept.model_version,
+        "filter_val_auc": accept.card.get("val_auc"),
+    }
+    summary["acceptance_rate"] = round(summary["accepted"] / max(summary["tried"], 1), 4)
+    atomic_write_json(out / "acceptance.json", summary)
+    if len(kept) < s.count:
+        log.warning(
+            "the acceptance filter passed %d of %d candidates: %d synthetic images, not %d",
+            summary["accepted"],
+            summary["tried"],
+            len(kept),
+            s.count,
+        )
+    return kept
+
+
+def _read_decisions(path: Path) -> dict[int, tuple[float, bool]]:
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()[1:]
+    return {int(i): (float(score), ok == "1") for i, score, ok in (line.split(",") for line in lines)}
+
+
+def _write_decisions(path: Path, decisions: dict[int, tuple[float, bool]]) -> None:
+    rows = [f"{i},{score:.6f},{int(ok)}" for i, (score, ok) in sorted(decisions.items())]
+    atomic_write_bytes(path, ("candidate,score,accepted\n" + "\n".join(rows) + "\n").encode())
+
+
 def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None) -> Path:
     """Run (or resume) a balancing; return the path of the new manifest.
 
@@ -156,6 +243,8 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
         raise ConfigError("--count must be >= 1")
     if s.normal_label == s.lesion_label:
         raise ConfigError("--normal-label and --lesion-label must differ")
+    if s.acceptance_filter is not None and not 1 <= s.max_tries <= 100:
+        raise ConfigError(f"max_tries must be in [1, 100], not {s.max_tries}")
     if s.mode not in ("add", "replace"):
         raise ConfigError(f"balance mode must be 'add' or 'replace', not {s.mode!r}")
     DEFAULTS.with_overrides(
@@ -179,16 +268,21 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
         **{
             k: (list(v) if isinstance(v, tuple) else v)
             for k, v in asdict(s).items()
-            if k not in ("progress", "batch_size", "out", "manifest", "model")
+            if k not in ("progress", "batch_size", "out", "manifest", "model", "acceptance_filter")
             # new settings at their defaults are left out, so older runs still resume
             and not (
-                k in ("source_roles", "mode", "guidance")
+                k in ("source_roles", "mode", "guidance", "accept_threshold", "max_tries")
                 and v == BalanceSettings.__dataclass_fields__[k].default
             )
         },
         "manifest_sha256": manifest.sha256(),
         "model_version": inpainter.model_version,
     }
+    accept = None
+    if s.acceptance_filter is not None:
+        accept = AcceptanceFilter.load(s.acceptance_filter, s.accept_threshold)
+        settings |= {"acceptance_filter": accept.model_version, "accept_threshold": s.accept_threshold}
+        settings["max_tries"] = s.max_tries
     record = out / "balance.json"
     if record.exists():
         previous = json.loads(record.read_text())
@@ -200,33 +294,21 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
     else:
         atomic_write_json(record, settings)
 
-    planned = plan(manifest, s.normal_label, s.count, s.seed, s.source_roles)
-    todo = [p for p in planned if not (out / p.file_name).is_file()]
-    if len(todo) < len(planned):
-        log.info("resuming: %d of %d synthetic images already done", len(planned) - len(todo), len(planned))
-    with tqdm(
-        total=len(planned),
-        initial=len(planned) - len(todo),
-        desc="balance",
-        unit="img",
-        disable=not s.progress,
-    ) as bar:
-        for start in range(0, len(todo), s.batch_size):
-            chunk = todo[start : start + s.batch_size]
-            pairs = [p.source.load() for p in chunk]
-            results = inpainter.inpaint_batch(
-                [img for img, _ in pairs],
-                [msk for _, msk in pairs],
-                [p.seed for p in chunk],
-                steps=s.steps,
-                strength=s.strength,
-                eta=s.eta,
-                resample=s.resample,
-                guidance=s.guidance,
+    if accept is None:
+        planned = plan(manifest, s.normal_label, s.count, s.seed, s.source_roles)
+        todo = [p for p in planned if not (out / p.file_name).is_file()]
+        if len(todo) < len(planned):
+            log.info(
+                "resuming: %d of %d synthetic images already done", len(planned) - len(todo), len(planned)
             )
-            for p, result in zip(chunk, results, strict=True):
-                atomic_write_bytes(out / p.file_name, encode_png(result))
-            bar.update(len(chunk))
+        with _bar(s, len(planned) - len(todo)) as bar:
+            for start in range(0, len(todo), s.batch_size):
+                chunk = todo[start : start + s.batch_size]
+                for p, (result, _) in zip(chunk, _synthesize(inpainter, chunk, s), strict=True):
+                    atomic_write_bytes(out / p.file_name, encode_png(result))
+                bar.update(len(chunk))
+    else:
+        planned = _accepted(manifest, inpainter, accept, s, out)
 
     target = out / "manifest.csv"
     atomic_write_bytes(

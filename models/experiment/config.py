@@ -39,6 +39,8 @@ are converted; the one comparison the test set decides is declared before the ru
     balance: {count: 200, source_roles: [pool], mode: replace}   # replace: converted normals leave the
                                               # synthetic strategies' pool (paper 000: 1218 -> 918 normal)
     primary: {strategy: synthetic, against: best-classical}      # best classical = highest mean val AUC
+    # balance: {filter: {threshold: 0.5, max_tries: 4}}   keep only candidates a region classifier (train
+    #                                                      regions only) scores as lesions
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     if mode not in BALANCE_MODES:
         raise ConfigError(f"balance.mode must be one of {', '.join(BALANCE_MODES)}, not {mode!r}")
     _check_pretrain(values.get("synthesizer", {}))
+    _check_filter(values.get("balance", {}).get("filter"))
     guidance = values.get("balance", {}).get("guidance")
     if guidance is not None and guidance != CHOSEN_ON_VAL and not isinstance(guidance, int | float):
         raise ConfigError(f"balance.guidance must be a number or {CHOSEN_ON_VAL!r}, not {guidance!r}")
@@ -197,6 +200,21 @@ def _check_pretrain(synthesizer: dict) -> None:
         raise ConfigError(
             "synthesizer.pretrain is for an unconditional synthesizer trained here (no num_classes, no model)"
         )
+
+
+def _check_filter(chosen: Any) -> None:
+    """balance.filter: {threshold (0-1), max_tries, epochs}, each optional (0.5, 4, 30)."""
+    if chosen is None:
+        return
+    if not isinstance(chosen, dict) or not set(chosen) <= {"threshold", "max_tries", "epochs"}:
+        raise ConfigError("balance.filter must be a mapping of threshold, max_tries and epochs")
+    threshold = chosen.get("threshold", 0.5)
+    if not isinstance(threshold, int | float) or not 0 < threshold < 1:
+        raise ConfigError("balance.filter.threshold must be a number in (0, 1)")
+    for key, top in (("max_tries", 100), ("epochs", 1000)):
+        value = chosen.get(key, 1)
+        if not isinstance(value, int) or not 1 <= value <= top:
+            raise ConfigError(f"balance.filter.{key} must be an integer in [1, {top}]")
 
 
 def _check_roles_subset(values: dict) -> None:

@@ -8,6 +8,8 @@ Everything lands under ``<out>/`` and is reused on rerun:
     synthesizer-pretrain/    with ``synthesizer.pretrain``: unconditional, on every train region of the
                              synthesizer's rows (paper 002), the start of the synthesizer's fine-tuning
     synthesizer/             trained on train lesion rows only (unless the config names a model)
+    acceptance-filter/       with ``balance.filter``: a region classifier on the synthesizer's train regions
+                             (both classes; never val or test) that keeps only the candidates it scores as lesions
     balanced/manifest.csv    real rows + synthetic lesions made from train normal rows and their masks
 """
 
@@ -18,6 +20,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from models.acceptance import FilterSettings, train_acceptance_filter
 from models.artifacts import atomic_write_json
 from models.balance import BalanceSettings, balance_dataset
 from models.data.manifest import Manifest, load_manifest
@@ -71,6 +74,37 @@ def balance_settings(
         mode=config.balance.get("mode", "add"),
         **{k: config.balance[k] for k in SAMPLER_KEYS if k in config.balance},
         guidance=balance_guidance(config),
+        **acceptance_settings(config),
+    )
+
+
+def acceptance_settings(config: ExperimentConfig) -> dict:
+    """balance.filter {threshold, max_tries, epochs} as BalanceSettings keywords (none without a filter)."""
+    chosen = config.balance.get("filter")
+    if chosen is None:
+        return {}
+    return {
+        "acceptance_filter": config.out / "acceptance-filter",
+        "accept_threshold": chosen.get("threshold", 0.5),
+        "max_tries": chosen.get("max_tries", 4),
+    }
+
+
+def prepare_acceptance_filter(config: ExperimentConfig, split_path: Path, progress: bool = True) -> None:
+    """Train the balance.filter region classifier (train rows of the synthesizer's roles only)."""
+    chosen, synth = config.balance["filter"], config.synthesizer
+    roles = synth.get("roles")
+    train_acceptance_filter(
+        FilterSettings(
+            manifest=split_path,
+            lesion_label=config.positive_label,
+            normal_label=config.normal_label,
+            out=config.out / "acceptance-filter",
+            resolution=synth.get("resolution", 64),
+            epochs=chosen.get("epochs", 30),
+            progress=progress,
+            roles=tuple(roles) if roles else None,
+        )
     )
 
 
@@ -153,6 +187,8 @@ def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
     if not config.needs_synthesis:
         return PreparedData(split_path, split_path, None, 0)
     model = prepare_synthesizer(config, split_path, progress)
+    if "filter" in config.balance:
+        prepare_acceptance_filter(config, split_path, progress)
     count = synthetic_count(config, split_path)
     balanced = balance_dataset(
         balance_settings(config, split_path, model, config.out / "balanced", count, progress)
