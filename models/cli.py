@@ -154,7 +154,7 @@ def train_synthesizer_cmd(
     manifest: ManifestOpt,
     lesion_label: Annotated[str, typer.Option(help="Label of the lesion class to learn.")],
     out: Annotated[Path, typer.Option(help="Output model folder.")],
-    resolution: Annotated[int, typer.Option(help="Crop side the UNet sees: 32, 64, 128 or 256.")] = 64,
+    resolution: Annotated[int, typer.Option(help="Crop side the UNet sees: 32, 64, 96, 128 or 256.")] = 64,
     preset: Annotated[str, typer.Option(help="UNet size: tiny, small, base.")] = "small",
     mask_conditioning: Annotated[bool, typer.Option(help="Give the UNet the mask as a 4th channel.")] = False,
     num_classes: Annotated[

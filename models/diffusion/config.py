@@ -39,7 +39,7 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-RESOLUTIONS = (32, 64, 128, 256)
+RESOLUTIONS = (32, 64, 96, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class SynthesizerConfig:
 
     Attributes:
         resolution: side of the square lesion crop the UNet sees (paper 000 trains on extracted regions).
+            At the classifier's input size or above, a painted region is never shown to the classifier
+            upsampled (docs/evidence/region_scale.md: at 64 px, half of the ISIC regions are, for a 96 px
+            classifier).
         preset: UNet size, a key of :data:`PRESETS`.
         mask_conditioning: feed the region mask as a 4th input channel (see docs/DESIGN.md for the
             measurement that chose the default).

@@ -20,7 +20,7 @@ from models.jobs.base import JobContext, JobRoots
 
 # The choices of models.diffusion.config (not imported here: it pulls in torch and diffusers, and
 # validation runs in the service process). tests/test_jobs.py checks they match.
-RESOLUTIONS = (32, 64, 128, 256)
+RESOLUTIONS = (32, 64, 96, 128, 256)
 PRESETS = ("tiny", "small", "base")
 
 FIELDS = {
