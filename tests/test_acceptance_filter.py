@@ -191,3 +191,18 @@ def test_bad_filter_settings_are_refused(tmp_path, demo_manifest, chosen, messag
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_the_acceptance_figure_is_drawn_from_a_run(tmp_path, demo_manifest, tiny_synth, demo_filter):
+    from models.evaluation.acceptance_plot import acceptance_figure, candidate_scores
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data").symlink_to(demo_manifest.parent)
+    (run / "acceptance-filter").symlink_to(demo_filter)
+    balance(demo_manifest, tiny_synth, run / "balanced", count=2, acceptance_filter=demo_filter, max_tries=2)
+    scores = candidate_scores(run / "balanced" / "acceptance.csv")
+    assert len(scores) == json.loads((run / "balanced" / "acceptance.json").read_text())["tried"]
+    assert ((scores >= 0) & (scores <= 1)).all()
+    png = acceptance_figure(run, tmp_path / "acceptance.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
