@@ -97,6 +97,14 @@ def test_valid_params_are_normalised(roots, demo_manifest):
         ("train-synthesizer", {"lesion_label": None}, r"params.lesion_label is required"),
         ("train-synthesizer", {"device": "tpu"}, r"params.device must be 'cpu', 'cuda'"),
         ("train-synthesizer", {"seed": -1}, r"params.seed must be in \[0, 9223372036854775807\]"),
+        ("train-synthesizer", {"num_classes": 1}, r"params.num_classes must be one of 0, 2"),
+        ("train-synthesizer", {"num_classes": 2}, r"params.normal_label is required"),
+        (
+            "train-synthesizer",
+            {"num_classes": 2, "normal_label": "normal", "all_regions": True},
+            r"params.all_regions is for unconditional pre-training",
+        ),
+        ("train-synthesizer", {"init_from": "/etc"}, r"params.init_from: /etc is outside the data roots"),
     ],
 )
 def test_bad_params_name_the_field(roots, demo_manifest, job, change, message):
@@ -104,6 +112,29 @@ def test_bad_params_name_the_field(roots, demo_manifest, job, change, message):
     params = {k: v for k, v in params.items() if not (k == "lesion_label" and v is None)}
     with pytest.raises(ParameterError, match=message):
         validate(job, params, roots)
+
+
+def test_synthesizer_variants_reach_the_recipe(roots, demo_manifest, tiny_synth):
+    """The job's class-conditional and pre-train/fine-tune params become the recipe's settings."""
+    from models.jobs.train_synthesizer import _settings
+
+    conditional = validate(
+        "train-synthesizer",
+        {**synth_params(demo_manifest, 24), "num_classes": 2, "normal_label": "normal", "label_dropout": 0.2},
+        roots,
+    )
+    s = _settings(conditional, Path("out"))
+    assert s.config.num_classes == 2 and s.normal_label == "normal" and s.label_dropout == 0.2
+    assert s.init_from is None and s.all_regions is False
+    tuned = _settings(
+        {
+            **validate("train-synthesizer", synth_params(demo_manifest, 24), roots),
+            "init_from": str(tiny_synth),
+            "all_regions": True,
+        },
+        Path("out"),
+    )
+    assert tuned.init_from == tiny_synth and tuned.all_regions and tuned.config.num_classes == 0
 
 
 def test_other_bad_requests(roots, demo_manifest, tmp_path):

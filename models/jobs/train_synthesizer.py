@@ -17,6 +17,7 @@ from pathlib import Path
 from models.errors import ParameterError
 from models.jobs import params as p
 from models.jobs.base import JobContext, JobRoots
+from models.jobs.pinning import pinned_model
 
 # The choices of models.diffusion.config (not imported here: it pulls in torch and diffusers, and
 # validation runs in the service process). tests/test_jobs.py checks they match.
@@ -29,6 +30,13 @@ FIELDS = {
     "resolution": p.choice(RESOLUTIONS, 64),
     "preset": p.choice(PRESETS, "small"),
     "mask_conditioning": p.boolean(False),
+    # Class-conditional (issue 11, variant 1): the regions of both classes, the class as a label.
+    "num_classes": p.choice((0, 2), 0),
+    "normal_label": p.label(None),
+    "label_dropout": p.number(0.0, 1.0, 0.1, lo_open=True),
+    # Pre-training then fine-tuning (variant 2): every region first; then start from a stored synthesizer.
+    "all_regions": p.boolean(False),
+    "init_from": p.model_ref(None),
     "max_steps": p.integer(1, 10_000_000, 2000),
     "batch_size": p.integer(1, 1024, 8),
     "learning_rate": p.number(0.0, 1.0, 2e-4, lo_open=True),
@@ -42,6 +50,10 @@ FIELDS = {
 
 def validate(params: dict, roots: JobRoots) -> dict:
     values = p.normalise(params, FIELDS, roots)
+    if values["num_classes"] and not values["normal_label"]:
+        raise ParameterError("params.normal_label is required when params.num_classes is 2")
+    if values["num_classes"] and values["all_regions"]:
+        raise ParameterError("params.all_regions is for unconditional pre-training (num_classes 0)")
     if values["processes"] > 1 and values["device"] not in (None, "cpu", "cuda"):
         raise ParameterError(
             f"device must be 'cuda', 'cpu' or unset when processes > 1 (one process per GPU, each on "
@@ -56,6 +68,8 @@ def run(params: dict, ctx: JobContext) -> dict:
 
     out = Path(ctx.work_dir) / "model"
     ckpt = latest_checkpoint(out / "checkpoints")
+    if params["init_from"] is not None:  # a store version or folder, pinned at the first run
+        params = {**params, "init_from": str(pinned_model(ctx, "synthesizer", params["init_from"]).path)}
     if params["processes"] > 1:
         card = _train_data_parallel(params, out, ctx)
     else:
@@ -86,7 +100,12 @@ def _settings(params: dict, out: Path):
             resolution=params["resolution"],
             preset=params["preset"],
             mask_conditioning=params["mask_conditioning"],
+            num_classes=params.get("num_classes", 0),
         ),
+        normal_label=params.get("normal_label"),
+        label_dropout=params.get("label_dropout", 0.1),
+        all_regions=params.get("all_regions", False),
+        init_from=Path(params["init_from"]) if params.get("init_from") else None,
         max_steps=params["max_steps"],
         batch_size=params["batch_size"],
         learning_rate=params["learning_rate"],
