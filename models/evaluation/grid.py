@@ -65,9 +65,14 @@ def synthesis_grid(
             axes[-1, j].imshow(references[j].load()[0])
             axes[-1, j].set_title(f"real {reference_label} (row {references[j].number})", fontsize=8)
     card = inpainter.model.card
+    kind = ""
+    if inpainter.model.config.conditional:
+        kind = f"class-conditional, guidance {settings.guidance:g}, "
+    if "init_from" in card:
+        kind += f"fine-tuned from {card['init_from']['model_version']}, "
     fig.suptitle(
         title
-        or f"synthesizer {card['model_version']} ({card['steps']} steps, {card['resolution']}px), "
+        or f"synthesizer {card['model_version']} ({kind}{card['steps']} steps, {card['resolution']}px), "
         f"{settings.steps} DDIM steps, strength {settings.strength}, eta {settings.eta}, "
         f"resample {settings.resample}",
         fontsize=9,

@@ -109,9 +109,10 @@ def markdown(rows: list[dict], title: str, command: str) -> str:
     for r in rows:
         accepted = "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.0%}"
         guided = f", guidance {r['guidance']:g}" if isinstance(r["guidance"], int | float) else ""
+        doubled = " (2x batch)" if guided and r["guidance"] != 1 else ""
         lines.append(
             f"| {r['variant']}{guided} | {r['resolution']} | {r['train_seconds']} ({r['train_steps']}) "
-            f"| {r['unet_calls_per_kept_image']:g} | {accepted} | {_kid(r['kid_vs_lesion'])} "
+            f"| {r['unet_calls_per_kept_image']:g}{doubled} | {accepted} | {_kid(r['kid_vs_lesion'])} "
             f"| {_kid(r['kid_vs_normal'])} | {'yes' if r['class_anchored'] else 'no'} | {r['auc']:.3f} "
             f"| {r['sens_at_spec90']:.3f} | {_vs(r['vs_none'])} | {r['primary_against']}: {_vs(r['vs_primary'])} |"
         )
