@@ -72,3 +72,13 @@ def test_pretraining_time_and_steps_are_counted(tmp_path):
     assert row["train_seconds"] == 150 and row["train_steps"] == 3600
     assert row["unet_calls_per_kept_image"] == 20 and row["acceptance_rate"] is None
     assert "| yes |" in markdown([row], "t", "cmd")
+
+
+def test_a_run_without_a_synthesizer_is_a_row_too(tmp_path):
+    run = fake_run(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    results["meta"]["synthesizer"] = None  # the copy-paste control
+    (run / "results.json").write_text(json.dumps(results))
+    row = variant_row("copy-paste", run, configs=tmp_path / "experiments")
+    assert row["resolution"] is None and row["train_seconds"] == 0
+    assert "| copy-paste | - | 0 (0) |" in markdown([row], "t", "cmd")

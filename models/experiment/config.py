@@ -162,6 +162,7 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     if mode not in BALANCE_MODES:
         raise ConfigError(f"balance.mode must be one of {', '.join(BALANCE_MODES)}, not {mode!r}")
     _check_pretrain(values.get("synthesizer", {}))
+    _check_copy_paste(values.get("synthesizer", {}), values.get("series") or {})
     _check_filter(values.get("balance", {}).get("filter"))
     guidance = values.get("balance", {}).get("guidance")
     if guidance is not None and guidance != CHOSEN_ON_VAL and not isinstance(guidance, int | float):
@@ -199,6 +200,18 @@ def _check_pretrain(synthesizer: dict) -> None:
     if synthesizer.get("num_classes") or "model" in synthesizer:
         raise ConfigError(
             "synthesizer.pretrain is for an unconditional synthesizer trained here (no num_classes, no model)"
+        )
+
+
+def _check_copy_paste(synthesizer: dict, series: dict) -> None:
+    """synthesizer.copy_paste: true (models.diffusion.copy_paste, a control): no synthesizer settings."""
+    if not synthesizer.get("copy_paste"):
+        return
+    extra = sorted(set(synthesizer) - {"copy_paste", "resolution", "margin", "roles"})
+    if synthesizer["copy_paste"] is not True or extra or series:
+        raise ConfigError(
+            "synthesizer.copy_paste: true pastes real train lesion regions; it takes only resolution, "
+            f"margin and roles (not {', '.join(extra) or 'a series'})"
         )
 
 

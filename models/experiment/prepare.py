@@ -27,6 +27,7 @@ from models.data.manifest import Manifest, load_manifest
 from models.data.roles import assign_splits, check_test_not_trained, read_role_file
 from models.data.split import add_split
 from models.diffusion.config import SynthesizerConfig
+from models.diffusion.copy_paste import CopyPasteInpainter
 from models.diffusion.train import TrainSettings, train_synthesizer
 from models.errors import ConfigError
 from models.experiment.config import CHOSEN_ON_VAL, ExperimentConfig
@@ -182,16 +183,28 @@ def prepare_synthesizer(config: ExperimentConfig, split_path: Path, progress: bo
     return model
 
 
+def copy_paste_inpainter(config: ExperimentConfig, split_path: Path) -> CopyPasteInpainter:
+    """synthesizer.copy_paste: the train lesion rows (of synthesizer.roles) pasted as they are."""
+    rows = load_manifest(synthesizer_manifest(config, split_path), check_files=False).rows_in(
+        "train", config.positive_label
+    )
+    synth = config.synthesizer
+    return CopyPasteInpainter.from_rows(rows, synth.get("resolution", 64), synth.get("margin"))
+
+
 def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:
     split_path = prepare_split(config, progress)
     if not config.needs_synthesis:
         return PreparedData(split_path, split_path, None, 0)
-    model = prepare_synthesizer(config, split_path, progress)
+    if config.synthesizer.get("copy_paste"):  # the control: real train lesion regions, no synthesizer
+        model, inpainter = None, copy_paste_inpainter(config, split_path)
+    else:
+        model, inpainter = prepare_synthesizer(config, split_path, progress), None
     if "filter" in config.balance:
         prepare_acceptance_filter(config, split_path, progress)
     count = synthetic_count(config, split_path)
     balanced = balance_dataset(
-        balance_settings(config, split_path, model, config.out / "balanced", count, progress)
+        balance_settings(config, split_path, model, config.out / "balanced", count, progress), inpainter
     )
     log.info("balanced train split with %d synthetic positives", count)
     return PreparedData(balanced, split_path, model, count)

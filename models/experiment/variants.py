@@ -30,8 +30,9 @@ def variant_row(name: str, run: Path, configs: Path = Path("experiments")) -> di
     """The figures of one finished experiment folder (its synthesizer path is written relative to the
     folder of its config file, ``configs``)."""
     results = json.loads((run / "results.json").read_text())
-    synthesizer = Path(os.path.normpath(configs / results["meta"]["synthesizer"]))
-    card = _json(synthesizer / "model_card.json") or {}
+    shown = results["meta"].get("synthesizer")  # None: no synthesizer (the copy-paste control)
+    card = _json(Path(os.path.normpath(configs / shown)) / "model_card.json") if shown else None
+    card = card or {}
     pretrain = _json(run / "synthesizer-pretrain" / "model_card.json")
     balance = _json(run / "balanced" / "balance.json") or {}
     acceptance = _json(run / "balanced" / "acceptance.json")
@@ -111,7 +112,7 @@ def markdown(rows: list[dict], title: str, command: str) -> str:
         guided = f", guidance {r['guidance']:g}" if isinstance(r["guidance"], int | float) else ""
         doubled = " (2x batch)" if guided and r["guidance"] != 1 else ""
         lines.append(
-            f"| {r['variant']}{guided} | {r['resolution']} | {r['train_seconds']} ({r['train_steps']}) "
+            f"| {r['variant']}{guided} | {r['resolution'] or '-'} | {r['train_seconds']} ({r['train_steps']}) "
             f"| {r['unet_calls_per_kept_image']:g}{doubled} | {accepted} | {_kid(r['kid_vs_lesion'])} "
             f"| {_kid(r['kid_vs_normal'])} | {'yes' if r['class_anchored'] else 'no'} | {r['auc']:.3f} "
             f"| {r['sens_at_spec90']:.3f} | {_vs(r['vs_none'])} | {r['primary_against']}: {_vs(r['vs_primary'])} |"
