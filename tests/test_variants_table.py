@@ -81,4 +81,4 @@ def test_a_run_without_a_synthesizer_is_a_row_too(tmp_path):
     (run / "results.json").write_text(json.dumps(results))
     row = variant_row("copy-paste", run, configs=tmp_path / "experiments")
     assert row["resolution"] is None and row["train_seconds"] == 0
-    assert "| copy-paste | - | 0 (0) |" in markdown([row], "t", "cmd")
+    assert "| copy-paste | - | 0 (0) | 0 |" in markdown([row], "t", "cmd")
