@@ -10,7 +10,7 @@ from services.synthesis.settings import SynthesisSettings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for name in ("REQUEST_TIMEOUT_S", "MAX_CONCURRENCY", "API_TOKEN", "GRPC_PORT"):
+    for name in ("REQUEST_TIMEOUT_S", "MAX_CONCURRENCY", "API_TOKEN", "GRPC_PORT", "MAX_REQUEST_BYTES"):
         monkeypatch.delenv(f"LESIONSYNTH_{name}", raising=False)
 
 
@@ -21,6 +21,17 @@ def test_request_timeout_defaults_per_service_and_overrides(monkeypatch):
     monkeypatch.setenv("LESIONSYNTH_REQUEST_TIMEOUT_S", "12.5")
     assert ClassifierSettings.from_env().common.request_timeout_s == 12.5
     assert SynthesisSettings.from_env().common.request_timeout_s == 12.5
+
+
+def test_the_request_byte_limit_defaults_per_service_and_one_variable_overrides_all(monkeypatch):
+    from services.training.settings import TrainingSettings
+
+    # Job requests are small JSON: the training service's default is 1 MiB, the model services' 32 MiB.
+    assert TrainingSettings.from_env().common.max_request_bytes == 1024 * 1024
+    assert ClassifierSettings.from_env().common.max_request_bytes == 32 * 1024 * 1024
+    monkeypatch.setenv("LESIONSYNTH_MAX_REQUEST_BYTES", "4096")
+    for settings in (TrainingSettings, ClassifierSettings, SynthesisSettings):
+        assert settings.from_env().common.max_request_bytes == 4096
 
 
 @pytest.mark.parametrize(

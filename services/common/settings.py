@@ -83,7 +83,12 @@ class CommonSettings:
     request_timeout_s: float
 
     @classmethod
-    def from_env(cls, default_grpc_port: int, default_request_timeout_s: float = 60.0) -> CommonSettings:
+    def from_env(
+        cls,
+        default_grpc_port: int,
+        default_request_timeout_s: float = 60.0,
+        default_max_request_bytes: int = 32 * 1024 * 1024,
+    ) -> CommonSettings:
         token = env_str("API_TOKEN")
         if token is not None and len(token) < 16:
             raise ConfigError(f"{PREFIX}API_TOKEN must be at least 16 characters (got {len(token)})")
@@ -91,7 +96,7 @@ class CommonSettings:
             host=env_str("HOST", "127.0.0.1"),
             grpc_port=env_int("GRPC_PORT", default_grpc_port, minimum=0, maximum=65535),
             api_token=token,
-            max_request_bytes=env_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024),
+            max_request_bytes=env_int("MAX_REQUEST_BYTES", default_max_request_bytes, minimum=1024),
             max_pixels=env_int("MAX_PIXELS", DEFAULT_MAX_PIXELS, minimum=1),
             max_batch_items=env_int("MAX_BATCH_ITEMS", 32, minimum=1),
             grpc_workers=env_int("GRPC_WORKERS", 8, minimum=1),

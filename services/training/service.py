@@ -97,4 +97,6 @@ class TrainingService:
         self.scheduler.stop()
 
 
-install_middleware(TrainingService, max_request_bytes=1024 * 1024, api_token=SETTINGS.common.api_token)
+install_middleware(
+    TrainingService, max_request_bytes=SETTINGS.common.max_request_bytes, api_token=SETTINGS.common.api_token
+)

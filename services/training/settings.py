@@ -104,7 +104,8 @@ class TrainingSettings:
         if executor not in EXECUTORS:
             raise ConfigError(f"{PREFIX}EXECUTOR must be one of {', '.join(EXECUTORS)}, got {executor!r}")
         return cls(
-            common=CommonSettings.from_env(default_grpc_port=50053),
+            # job requests are small JSON: 1 MiB unless LESIONSYNTH_MAX_REQUEST_BYTES says otherwise
+            common=CommonSettings.from_env(default_grpc_port=50053, default_max_request_bytes=1024 * 1024),
             jobs_dir=Path(env_str("JOBS_DIR", "runs/jobs")).resolve(),
             data_roots=tuple(Path(p).resolve() for p in roots.split(os.pathsep) if p),
             output_root=Path(env_str("OUTPUT_ROOT", "runs/outputs")).resolve(),
