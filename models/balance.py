@@ -183,7 +183,7 @@ def _accepted(
     filter or ``count * max_tries`` were tried; every decision is kept in ``acceptance.csv`` (a rerun
     resumes from it), only accepted images are written. Returns the accepted candidates, in plan order."""
     candidates = plan(manifest, s.normal_label, s.count * s.max_tries, s.seed, s.source_roles)
-    decisions = _read_decisions(out / "acceptance.csv")
+    decisions = read_decisions(out / "acceptance.csv")
     accepted = [c for c in candidates if decisions.get(c.index, (0.0, False))[1]]
     pending = [c for c in candidates if c.index not in decisions]
     with _bar(s, min(len(accepted), s.count)) as bar:
@@ -221,7 +221,8 @@ def _accepted(
     return kept
 
 
-def _read_decisions(path: Path) -> dict[int, tuple[float, bool]]:
+def read_decisions(path: Path) -> dict[int, tuple[float, bool]]:
+    """``acceptance.csv``: candidate index -> (the filter's score, accepted); empty before the first batch."""
     if not path.is_file():
         return {}
     lines = path.read_text().splitlines()[1:]
@@ -281,8 +282,11 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
     accept = None
     if s.acceptance_filter is not None:
         accept = AcceptanceFilter.load(s.acceptance_filter, s.accept_threshold)
-        settings |= {"acceptance_filter": accept.model_version, "accept_threshold": s.accept_threshold}
-        settings["max_tries"] = s.max_tries
+        settings |= {
+            "acceptance_filter": accept.model_version,
+            "accept_threshold": s.accept_threshold,
+            "max_tries": s.max_tries,
+        }
     record = out / "balance.json"
     if record.exists():
         previous = json.loads(record.read_text())

@@ -21,6 +21,23 @@ PH2 = REPO.parent / "shared" / "data" / "ph2"
 TINY_STEPS = 24
 
 
+def experiment_yaml(tmp_path: Path, manifest: Path, **keys) -> Path:
+    """An experiment config file: the required keys (demo labels, ``out`` under ``tmp_path``) and ``keys``."""
+    import yaml
+
+    config = {
+        "name": "test",
+        "manifest": str(manifest),
+        "out": str(tmp_path / "exp"),
+        "positive_label": "lesion",
+        "normal_label": "normal",
+        **keys,
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def tiny_settings(manifest: Path, out: Path, **overrides):
     from models.diffusion.config import SynthesizerConfig
     from models.diffusion.train import TrainSettings

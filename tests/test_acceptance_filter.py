@@ -2,17 +2,19 @@
 synthetic region only when it scores it as a lesion."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from models.acceptance import AcceptanceFilter, FilterSettings, train_acceptance_filter
-from models.balance import BalanceSettings, balance_dataset
+from models.balance import balance_dataset, read_decisions
 from models.data.manifest import load_manifest
 from models.errors import ConfigError
 from models.experiment.config import load_config
+from tests.conftest import experiment_yaml
+from tests.test_balance import settings
 from tests.test_class_conditional import SIZE, toy_manifest
 
 
@@ -82,17 +84,7 @@ def test_a_tampered_filter_is_refused(trained_filter, tmp_path):
 
 
 def balance(demo_manifest, model, out, **overrides):
-    values = dict(
-        manifest=demo_manifest,
-        model=model,
-        normal_label="normal",
-        lesion_label="lesion",
-        out=out,
-        seed=0,
-        batch_size=2,
-        progress=False,
-    )
-    return balance_dataset(BalanceSettings(**(values | overrides)))
+    return balance_dataset(settings(demo_manifest, model, out, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -117,23 +109,16 @@ def test_balance_keeps_the_first_candidates_that_pass_and_resumes(
         accept_threshold=1e-9,
         max_tries=1,
     )
-    scores = [
-        float(line.split(",")[1]) for line in (everything / "acceptance.csv").read_text().splitlines()[1:]
-    ]
+    scores = [score for _, (score, _) in sorted(read_decisions(everything / "acceptance.csv").items())]
     assert len(scores) == 6
     threshold = float(np.median(scores))
     expected = [i for i, s in enumerate(scores) if s >= threshold][:2]
 
     out = tmp_path / "filtered"
-    path = balance(
-        demo_manifest,
-        tiny_synth,
-        out,
-        count=2,
-        acceptance_filter=demo_filter,
-        accept_threshold=threshold,
-        max_tries=3,
+    filtered = partial(
+        balance, demo_manifest, tiny_synth, out, count=2, acceptance_filter=demo_filter, max_tries=3
     )
+    path = filtered(accept_threshold=threshold)
     synthetic = [r for r in load_manifest(path).rows if r.fields["synthetic"] == "1"]
     assert [r.fields["image_path"] for r in synthetic] == [f"synthetic/syn_{i:05d}.png" for i in expected]
     for i in expected:  # the same candidate is the same image
@@ -141,37 +126,18 @@ def test_balance_keeps_the_first_candidates_that_pass_and_resumes(
             np.asarray(Image.open(out / f"synthetic/syn_{i:05d}.png")),
             np.asarray(Image.open(everything / f"synthetic/syn_{i:05d}.png")),
         )
-    decisions = (out / "acceptance.csv").read_text().splitlines()[1:]
-    rejected = [int(line.split(",")[0]) for line in decisions if line.endswith(",0")]
+    decisions = read_decisions(out / "acceptance.csv")
+    rejected = [i for i, (_, ok) in decisions.items() if not ok]
     assert rejected and not any((out / f"synthetic/syn_{i:05d}.png").exists() for i in rejected)
     summary = json.loads((out / "acceptance.json").read_text())
     assert summary["kept"] == 2 and summary["tried"] == len(decisions) <= 6
     assert summary["acceptance_rate"] == round(summary["accepted"] / summary["tried"], 4)
 
     before = (out / "acceptance.csv").read_bytes()
-    assert (
-        balance(
-            demo_manifest,
-            tiny_synth,
-            out,
-            count=2,
-            acceptance_filter=demo_filter,
-            accept_threshold=threshold,
-            max_tries=3,
-        ).read_bytes()
-        == path.read_bytes()
-    )
+    assert filtered(accept_threshold=threshold).read_bytes() == path.read_bytes()
     assert (out / "acceptance.csv").read_bytes() == before  # nothing made twice
     with pytest.raises(ConfigError, match="accept_threshold"):
-        balance(
-            demo_manifest,
-            tiny_synth,
-            out,
-            count=2,
-            acceptance_filter=demo_filter,
-            accept_threshold=0.9,
-            max_tries=3,
-        )
+        filtered(accept_threshold=0.9)
 
 
 @pytest.mark.parametrize(
@@ -179,18 +145,8 @@ def test_balance_keeps_the_first_candidates_that_pass_and_resumes(
     [({"threshold": 1.0}, "threshold"), ({"max_tries": 0}, "max_tries"), ({"tries": 3}, "mapping")],
 )
 def test_bad_filter_settings_are_refused(tmp_path, demo_manifest, chosen, message):
-    config = {
-        "name": "f",
-        "manifest": str(demo_manifest),
-        "out": str(tmp_path / "exp"),
-        "positive_label": "lesion",
-        "normal_label": "normal",
-        "balance": {"count": 4, "filter": chosen},
-    }
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=message):
-        load_config(path)
+        load_config(experiment_yaml(tmp_path, demo_manifest, balance={"count": 4, "filter": chosen}))
 
 
 def test_the_acceptance_figure_is_drawn_from_a_run(tmp_path, demo_manifest, tiny_synth, demo_filter):

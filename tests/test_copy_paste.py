@@ -3,19 +3,22 @@
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from models.data.manifest import load_manifest
+from models.diffusion.config import SynthesizerConfig
 from models.diffusion.copy_paste import CopyPasteInpainter
 from models.errors import ConfigError
 from models.experiment.config import load_config
 from models.experiment.prepare import copy_paste_inpainter, prepare, prepare_split
+from tests.conftest import experiment_yaml
+
+AT_32 = SynthesizerConfig(resolution=32)
 
 
 @pytest.fixture(scope="module")
 def control(demo_manifest):
     lesions = load_manifest(demo_manifest).rows_in("train", "lesion")
-    return CopyPasteInpainter.from_rows(lesions, resolution=32), lesions
+    return CopyPasteInpainter.from_rows(lesions, AT_32), lesions
 
 
 def test_it_changes_only_the_editable_region_and_is_deterministic(control, demo_manifest):
@@ -27,9 +30,9 @@ def test_it_changes_only_the_editable_region_and_is_deterministic(control, demo_
     assert np.array_equal(a[outside], image[outside]) and (a[mask] != image[mask]).any()
     others = {inpainter.inpaint(image, mask, seed=s)[mask].tobytes() for s in range(12)}
     assert len(others) > 1  # seeds pick different regions / orientations
-    again = CopyPasteInpainter.from_rows(lesions, resolution=32)
+    again = CopyPasteInpainter.from_rows(lesions, AT_32)
     assert again.model_version == inpainter.model_version and inpainter.model_version.startswith("copypaste-")
-    assert CopyPasteInpainter.from_rows(lesions[1:], resolution=32).model_version != inpainter.model_version
+    assert CopyPasteInpainter.from_rows(lesions[1:], AT_32).model_version != inpainter.model_version
 
 
 def test_the_pasted_region_is_a_real_train_lesion_crop(control):
@@ -47,22 +50,13 @@ def test_the_pasted_region_is_a_real_train_lesion_crop(control):
 
 
 def config_path(tmp_path, demo_manifest, synthesizer):
-    path = tmp_path / "experiment.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "cp",
-                "manifest": str(demo_manifest),
-                "out": str(tmp_path / "exp"),
-                "positive_label": "lesion",
-                "normal_label": "normal",
-                "synthesizer": synthesizer,
-                "balance": {"count": 3},
-                "classifier": {"arch": "resnet18", "image_size": 32},
-            }
-        )
+    return experiment_yaml(
+        tmp_path,
+        demo_manifest,
+        synthesizer=synthesizer,
+        balance={"count": 3},
+        classifier={"arch": "resnet18", "image_size": 32},
     )
-    return path
 
 
 def test_an_experiment_balances_with_the_control_and_trains_no_synthesizer(tmp_path, demo_manifest):

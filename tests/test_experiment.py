@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from models.cli import app
@@ -13,25 +12,19 @@ from models.experiment.aggregate import aggregate
 from models.experiment.config import load_config
 from models.experiment.runner import run_experiment
 from models.experiment.units import SCORES, all_units
+from tests.conftest import experiment_yaml
 
 
 def write_config(tmp_path, demo_manifest, tiny_synth, **overrides):
     config = {
         "name": "demo-tiny",
-        "manifest": str(demo_manifest),
-        "out": str(tmp_path / "exp"),
-        "positive_label": "lesion",
-        "normal_label": "normal",
         "synthesizer": {"model": str(tiny_synth)},
         "balance": {"count": "parity", "steps": 3},
         "classifier": {"arch": "resnet18", "image_size": 32, "epochs": 2, "batch_size": 16},
         "seeds": [0, 1],
         "workers": 2,
     }
-    config.update(overrides)
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return experiment_yaml(tmp_path, demo_manifest, **(config | overrides))
 
 
 def test_every_strategy_end_to_end_then_rerun_skips(tmp_path, demo_manifest, tiny_synth):

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import yaml
 
 from models.diffusion.config import SynthesizerConfig
 from models.diffusion.folder import load_synthesizer, read_card
@@ -11,7 +10,7 @@ from models.diffusion.train import train_synthesizer
 from models.errors import ConfigError
 from models.experiment.config import load_config
 from models.experiment.prepare import prepare_split, prepare_synthesizer
-from tests.conftest import tiny_settings
+from tests.conftest import experiment_yaml, tiny_settings
 from tests.test_class_conditional import toy_manifest
 
 
@@ -84,19 +83,10 @@ def test_all_regions_is_refused_for_a_conditional_synthesizer(pretrained, tmp_pa
         )
 
 
-def experiment_yaml(tmp_path, manifest, synthesizer):
-    config = {
-        "name": "pretrain",
-        "manifest": str(manifest),
-        "out": str(tmp_path / "exp"),
-        "positive_label": "lesion",
-        "normal_label": "normal",
-        "synthesizer": synthesizer,
-        "classifier": {"arch": "resnet18", "image_size": 32},
-    }
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def pretrain_yaml(tmp_path, manifest, synthesizer):
+    return experiment_yaml(
+        tmp_path, manifest, synthesizer=synthesizer, classifier={"arch": "resnet18", "image_size": 32}
+    )
 
 
 def test_experiment_pretrains_then_fine_tunes(pretrained, tmp_path):
@@ -108,7 +98,7 @@ def test_experiment_pretrains_then_fine_tunes(pretrained, tmp_path):
         "batch_size": 4,
         "pretrain": {"max_steps": 6},
     }
-    config = load_config(experiment_yaml(tmp_path, manifest, synth))
+    config = load_config(pretrain_yaml(tmp_path, manifest, synth))
     model = prepare_synthesizer(config, prepare_split(config, progress=False), progress=False)
     start = read_card(config.out / "synthesizer-pretrain")
     assert start["all_regions"] is True and start["steps"] == 6
@@ -126,6 +116,6 @@ def test_experiment_pretrains_then_fine_tunes(pretrained, tmp_path):
 )
 def test_bad_pretrain_settings_are_refused(pretrained, tmp_path, pretrain, extra, message):
     manifest, _, _ = pretrained
-    path = experiment_yaml(tmp_path, manifest, {"pretrain": pretrain, **extra})
+    path = pretrain_yaml(tmp_path, manifest, {"pretrain": pretrain, **extra})
     with pytest.raises(ConfigError, match=message):
         load_config(path)

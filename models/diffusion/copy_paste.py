@@ -34,10 +34,8 @@ class CopyPasteInpainter(LesionInpainter):
         self._version = "copypaste-" + digest.hexdigest()[:12]
 
     @classmethod
-    def from_rows(
-        cls, rows: Sequence[Row], resolution: int = 64, margin: float | None = None
-    ) -> CopyPasteInpainter:
-        config = SynthesizerConfig(resolution=resolution, **({} if margin is None else {"margin": margin}))
+    def from_rows(cls, rows: Sequence[Row], config: SynthesizerConfig) -> CopyPasteInpainter:
+        """The crops of ``rows`` at ``config``'s resolution and margin (the geometry a synthesizer uses)."""
         return cls(LesionCrops.from_rows(rows, config.resolution, config.margin), config)
 
     @property

@@ -171,10 +171,11 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     # 3. Model, schedule, optimiser, EMA. The seed fixes the initial weights (the same on every rank) and
     #    every random draw (each rank its own stream).
     torch.manual_seed(s.seed)
-    unet = build_unet(s.config)
     if s.init_from is not None:
         init = start_weights(Path(s.init_from), s.config)
-        unet.load_state_dict(init.unet.state_dict())
+        unet = init.unet
+    else:
+        unet = build_unet(s.config)
     unet = unet.to(device).train()
     model = dp.wrap(unet, device)  # forward and backward through DDP; weights and EMA read from unet
     noise_scheduler = build_train_scheduler(s.config)

@@ -19,13 +19,13 @@ import numpy as np
 
 from models.acceptance import AcceptanceFilter
 from models.artifacts import atomic_write_bytes
+from models.balance import read_decisions
 from models.data.manifest import load_manifest
 
 
 def candidate_scores(acceptance_csv: Path) -> np.ndarray:
     """(N,) the filter's score of every candidate, in candidate order."""
-    lines = acceptance_csv.read_text().splitlines()[1:]
-    return np.array([float(line.split(",")[1]) for line in lines])
+    return np.array([score for _, (score, _) in sorted(read_decisions(acceptance_csv).items())])
 
 
 def acceptance_figure(run: Path, out: Path) -> Path:

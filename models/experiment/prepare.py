@@ -84,10 +84,9 @@ def acceptance_settings(config: ExperimentConfig) -> dict:
     chosen = config.balance.get("filter")
     if chosen is None:
         return {}
-    return {
-        "acceptance_filter": config.out / "acceptance-filter",
-        "accept_threshold": chosen.get("threshold", 0.5),
-        "max_tries": chosen.get("max_tries", 4),
+    named = {"threshold": "accept_threshold", "max_tries": "max_tries"}
+    return {"acceptance_filter": config.out / "acceptance-filter"} | {
+        named[k]: v for k, v in chosen.items() if k in named
     }
 
 
@@ -101,10 +100,13 @@ def prepare_acceptance_filter(config: ExperimentConfig, split_path: Path, progre
             lesion_label=config.positive_label,
             normal_label=config.normal_label,
             out=config.out / "acceptance-filter",
-            resolution=synth.get("resolution", 64),
-            epochs=chosen.get("epochs", 30),
             progress=progress,
             roles=tuple(roles) if roles else None,
+            **{
+                k: v
+                for k, v in (("resolution", synth.get("resolution")), ("epochs", chosen.get("epochs")))
+                if v
+            },
         )
     )
 
@@ -188,8 +190,8 @@ def copy_paste_inpainter(config: ExperimentConfig, split_path: Path) -> CopyPast
     rows = load_manifest(synthesizer_manifest(config, split_path), check_files=False).rows_in(
         "train", config.positive_label
     )
-    synth = config.synthesizer
-    return CopyPasteInpainter.from_rows(rows, synth.get("resolution", 64), synth.get("margin"))
+    geometry = {k: config.synthesizer[k] for k in ("resolution", "margin") if k in config.synthesizer}
+    return CopyPasteInpainter.from_rows(rows, SynthesizerConfig(**geometry))
 
 
 def prepare(config: ExperimentConfig, progress: bool = True) -> PreparedData:

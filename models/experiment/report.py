@@ -41,7 +41,8 @@ def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def _comparison(vs: dict | None) -> str:
+def comparison_text(vs: dict | None) -> str:
+    """A comparison (vs none, vs the best classical strategy, the primary) as one table cell."""
     if not vs:
         return "-"
     return (
@@ -108,7 +109,7 @@ def markdown(results: dict, meta: dict) -> str:
             f"{s['val_auc_mean']:.3f} | {s['auc_mean']:.3f} +- {s['auc_sd']:.3f} "
             f"[{s['auc_mean_ci95'][0]:.3f}, {s['auc_mean_ci95'][1]:.3f}] | "
             f"{s['ensemble_auc']:.3f} [{s['ensemble_auc_ci95'][0]:.3f}, {s['ensemble_auc_ci95'][1]:.3f}] | "
-            f"{_comparison(s.get('vs_baseline'))} | {_comparison(s.get('vs_best_classical'))} |"
+            f"{comparison_text(s.get('vs_baseline'))} | {comparison_text(s.get('vs_best_classical'))} |"
         )
         if "sens_at_spec90_mean" in s:
             ops.append(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from models.artifacts import atomic_write_json, atomic_write_text
 from models.diffusion.sampler_settings import DEFAULTS
+from models.experiment.report import comparison_text
 
 
 def _json(path: Path) -> dict | None:
@@ -82,15 +83,6 @@ def _kid(k: dict | None) -> str:
     return f"{k['mean']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def _vs(c: dict | None) -> str:
-    if not c:
-        return "-"
-    return (
-        f"{c['ensemble_auc_difference']:+.3f} (DeLong p {c['ensemble_delong_p']:.3f}, "
-        f"{c['seeds_better']}/{c['seeds_compared']} seeds, paired t p {c['paired_t_p']:.3f})"
-    )
-
-
 def markdown(rows: list[dict], title: str, command: str) -> str:
     lines = [
         f"# {title}",
@@ -115,7 +107,7 @@ def markdown(rows: list[dict], title: str, command: str) -> str:
             f"| {r['variant']}{guided} | {r['resolution'] or '-'} | {r['train_seconds']} ({r['train_steps']}) "
             f"| {r['unet_calls_per_kept_image']:g}{doubled} | {accepted} | {_kid(r['kid_vs_lesion'])} "
             f"| {_kid(r['kid_vs_normal'])} | {'yes' if r['class_anchored'] else 'no'} | {r['auc']:.3f} "
-            f"| {r['sens_at_spec90']:.3f} | {_vs(r['vs_none'])} | {r['primary_against']}: {_vs(r['vs_primary'])} |"
+            f"| {r['sens_at_spec90']:.3f} | {comparison_text(r['vs_none'])} | {r['primary_against']}: {comparison_text(r['vs_primary'])} |"
         )
     first = rows[0]
     reference = f"Reference (the same units in every run): `none` AUC {first['none_auc']:.3f}"
