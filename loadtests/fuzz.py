@@ -22,14 +22,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.grpc_stubs import classifier_pb2, synthesis_pb2, training_pb2
+from services.harness import default_endpoints
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-DEFAULTS = {
-    "synthesis": ("http://127.0.0.1:3000", "127.0.0.1:50051"),
-    "classifier": ("http://127.0.0.1:3001", "127.0.0.1:50052"),
-    "training": ("http://127.0.0.1:3002", "127.0.0.1:50053"),
-}
+DEFAULTS = default_endpoints()  # `make serve`'s ports
 #: Method -> a function making a random, well-formed request message of that method.
 GRPC_METHODS = {
     "synthesis": {

@@ -35,7 +35,7 @@ import psutil
 from loadtests.run_load import ready
 from models.artifacts import atomic_write_json, atomic_write_text
 from services.grpc_stubs import classifier_pb2, classifier_pb2_grpc
-from services.launch import SERVICES, start, stop
+from services.launch import service
 
 REPO = Path(__file__).resolve().parents[1]
 PH2_IMAGES = REPO.parent / "shared" / "data" / "ph2" / "256" / "ph2" / "images"
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     service_env = dict(item.split("=", 1) for item in args.env)
-    os.environ.update(service_env)  # services.launch.start passes our environment on
+    os.environ.update(service_env)  # services.launch.service passes our environment on
     runs = args.runs.resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 raise SystemExit(f"port {port} is in use: pass --rest-port / --grpc-port")
-    proc = start("classifier", SERVICES["classifier"][0], args.rest_port, args.grpc_port, runs)
+    svc = service("classifier", runs, args.rest_port, args.grpc_port).spawn()
+    proc = svc.proc
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"{name:45s} {rows[-1]}", flush=True)
     finally:
-        stop({"classifier": proc})
+        svc.stop()
 
     first_steady = rows[1]["rss_mb"]
     summary = {

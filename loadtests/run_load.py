@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from services.harness import default_endpoints
+
 REPO = Path(__file__).resolve().parents[1]
 LOCUST = Path(sys.executable).with_name("locust")
 
@@ -43,11 +45,7 @@ SCENARIOS = [
     Scenario("training-rest", "training", "TrainingRestUser"),
     Scenario("training-grpc", "training", "TrainingGrpcUser"),
 ]
-DEFAULT_ENDPOINTS = {
-    "synthesis": ("http://127.0.0.1:3000", "127.0.0.1:50051"),
-    "classifier": ("http://127.0.0.1:3001", "127.0.0.1:50052"),
-    "training": ("http://127.0.0.1:3002", "127.0.0.1:50053"),
-}
+DEFAULT_ENDPOINTS = default_endpoints()  # `make serve`'s ports
 
 
 def ready(url: str) -> bool:

@@ -4,80 +4,50 @@
 
 Each service is its own ``bentoml serve`` process (as in production: one container per service), on
 127.0.0.1 with embedded defaults (ONNX Runtime, no auth). Ports come from the environment
-(LESIONSYNTH_{SYNTHESIS,CLASSIFIER,TRAINING}_{REST,GRPC}_PORT) with the defaults below. Ctrl-C stops
-all three; if one dies, the others are stopped and its log tail is printed.
+(LESIONSYNTH_{SYNTHESIS,CLASSIFIER,TRAINING}_{REST,GRPC}_PORT) with the defaults of services/harness.py's
+table. Ctrl-C stops all three; if one dies, the others are stopped and its log tail is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
-
-REPO = Path(__file__).resolve().parents[1]
-SERVICES = {
-    # name: (bentoml target, REST port, gRPC port)
-    "synthesis": ("services.synthesis.service:SynthesisService", 3000, 50051),
-    "classifier": ("services.classifier.service:ClassifierService", 3001, 50052),
-    "training": ("services.training.service:TrainingService", 3002, 50053),
-}
+from services.harness import REPO, SERVICES, ServiceProcess, stop_all
 
 
 def port(name: str, kind: str, default: int) -> int:
     return int(os.environ.get(f"LESIONSYNTH_{name.upper()}_{kind}_PORT", default))
 
 
-def start(name: str, target: str, rest: int, grpc_port: int, runs: Path) -> subprocess.Popen:
+def service(name: str, runs: Path, rest: int | None = None, grpc_port: int | None = None) -> ServiceProcess:
+    """Service ``name`` as ``make serve`` runs it: its store, jobs and data under ``runs`` (this process's
+    environment wins), ports from LESIONSYNTH_<NAME>_{REST,GRPC}_PORT or the table's defaults."""
+    spec = SERVICES[name]
     env = {
         "BENTOML_HOME": str(runs / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "True",
         "HF_HUB_OFFLINE": "1",
         "LESIONSYNTH_MODEL_STORE": str(runs / "model-store"),
         "LESIONSYNTH_JOBS_DIR": str(runs / "jobs"),
+        # The training service's data roots and outputs (its defaults when runs is ./runs): relative job
+        # paths resolve against the first root, so "serve-demo/data/manifest.csv" is the demo manifest.
+        "LESIONSYNTH_DATA_ROOTS": os.pathsep.join([str(runs), str(REPO.parent / "shared" / "data")]),
+        "LESIONSYNTH_OUTPUT_ROOT": str(runs / "outputs"),
         **os.environ,
-        "LESIONSYNTH_GRPC_PORT": str(grpc_port),
     }
-    log = (runs / "logs").joinpath(f"{name}.log").open("ab")
-    bentoml = Path(sys.executable).with_name("bentoml")
-    return subprocess.Popen(
-        [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(rest)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    return ServiceProcess(
+        spec.target,
+        runs,
+        env,
+        rest_port=rest if rest is not None else port(name, "REST", spec.rest_port),
+        grpc_port=grpc_port if grpc_port is not None else port(name, "GRPC", spec.grpc_port),
+        log_path=runs / "logs" / f"{name}.log",
     )
-
-
-def stop(procs: dict[str, subprocess.Popen], grace_s: float = 20.0) -> None:
-    """SIGTERM every service at once, then SIGKILL whatever is left of their process trees after
-    ``grace_s`` (BentoML's workers are not in the supervisor's process group)."""
-    import psutil
-
-    tree: list[psutil.Process] = []
-    for proc in procs.values():
-        if proc.poll() is None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                root = psutil.Process(proc.pid)
-                tree += [root, *root.children(recursive=True)]
-            os.killpg(proc.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(tree, timeout=grace_s)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    for proc in procs.values():
-        proc.wait(10)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,41 +71,33 @@ def main(argv: list[str] | None = None) -> int:
         versions = ensure_demo_models(runs / "model-store", runs / "serve-demo")
         print("models in the store:", ", ".join(f"{k} {v}" for k, v in versions.items()))
 
-    procs: dict[str, subprocess.Popen] = {}
-    urls: dict[str, tuple[str, str]] = {}
-    for name, (target, rest_default, grpc_default) in SERVICES.items():
-        rest, grpc_port = port(name, "REST", rest_default), port(name, "GRPC", grpc_default)
-        procs[name] = start(name, target, rest, grpc_port, runs)
-        urls[name] = (f"http://127.0.0.1:{rest}", f"127.0.0.1:{grpc_port}")
+    procs = {name: service(name, runs) for name in SERVICES}
     # Both signals stop everything. Installed explicitly: a launcher started in the background by a
     # non-interactive shell inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        for proc in procs.values():
+            proc.spawn()
         pending = set(procs)
         deadline = time.monotonic() + 180
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
-                if procs[name].poll() is not None:
-                    raise RuntimeError(f"{name} exited:\n{tail(runs / 'logs' / f'{name}.log')}")
-                try:
-                    if httpx.get(urls[name][0] + "/readyz", timeout=2).status_code == 200:
-                        pending.discard(name)
-                except httpx.HTTPError:
-                    pass
+                if procs[name].poll_ready():
+                    pending.discard(name)
             time.sleep(0.5)
         if pending:
             raise RuntimeError(
                 f"not ready after 180 s: {', '.join(sorted(pending))} (logs in {runs / 'logs'})"
             )
         print("\nlesionsynth is serving (Ctrl-C to stop):")
-        for name, (rest, grpc_target) in urls.items():
-            print(f"  {name:10s} REST {rest}  (OpenAPI {rest}/docs)   gRPC {grpc_target}")
+        for name, proc in procs.items():
+            print(f"  {name:10s} REST {proc.url}  (OpenAPI {proc.url}/docs)   gRPC {proc.grpc_target}")
         print(f"  logs in {runs / 'logs'}\n", flush=True)
         while True:
             for name, proc in procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited:\n{tail(runs / 'logs' / f'{name}.log')}")
+                if proc.proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited:\n{proc.tail()}")
             time.sleep(1)
     except KeyboardInterrupt:
         print("stopping")
@@ -144,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        stop(procs)
+        stop_all(procs.values())
 
 
 if __name__ == "__main__":

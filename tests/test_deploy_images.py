@@ -21,17 +21,15 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from services.harness import SERVICES as HARNESS_SERVICES
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "deploy" / "docker"
 REQUIREMENTS = DOCKER / "requirements"
 CONVENTIONS = REPO / "docs" / "deploy_conventions.md"
 
-# docs/deploy_conventions.md: service -> (bentoml target, REST port, gRPC port).
-SERVICES = {
-    "synthesis": ("services.synthesis.service:SynthesisService", 3000, 50051),
-    "classifier": ("services.classifier.service:ClassifierService", 3001, 50052),
-    "training": ("services.training.service:TrainingService", 3002, 50053),
-}
+# services/harness.py's table (docs/deploy_conventions.md repeats it): service -> (target, REST, gRPC port).
+SERVICES = {name: (s.target, s.rest_port, s.grpc_port) for name, s in HARNESS_SERVICES.items()}
 VARIANTS = ("cpu", "gpu")
 IMAGES = [(service, variant) for service in SERVICES for variant in VARIANTS]
 # The environment every container gets (conventions: "Container filesystem").

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.harness import SERVICES as HARNESS_SERVICES
+
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
 RULES_FILE = REPO / "deploy" / "prometheus" / "rules" / "lesionsynth.rules.yml"
@@ -36,11 +38,9 @@ pytestmark = pytest.mark.skipif(
 REGISTRY = "registry.example.com/lesionsynth"
 VERSION = "0.1.0"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
-# docs/deploy_conventions.md: service -> (bentoml target, REST port, gRPC port, gRPC health service name)
+# services/harness.py's table: service -> (bentoml target, REST port, gRPC port, gRPC health service name)
 SERVICES = {
-    "synthesis": ("services.synthesis.service:SynthesisService", 3000, 50051, "lesionsynth.v1.Synthesis"),
-    "classifier": ("services.classifier.service:ClassifierService", 3001, 50052, "lesionsynth.v1.Classifier"),
-    "training": ("services.training.service:TrainingService", 3002, 50053, "lesionsynth.v1.Training"),
+    name: (s.target, s.rest_port, s.grpc_port, s.grpc_service) for name, s in HARNESS_SERVICES.items()
 }
 STATELESS = ("synthesis", "classifier")
 NAMESPACE = "lesionsynth"

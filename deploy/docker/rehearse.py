@@ -24,15 +24,11 @@ Writes docs/images.json + docs/images.md (one row per image).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
-import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -43,6 +39,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script: python deploy/docker/rehearse.py
+from services.harness import ServiceProcess, free_ports  # noqa: E402
+
 DOCKER = REPO / "deploy" / "docker"
 
 
@@ -76,12 +75,6 @@ def parse_dockerfile(path: Path) -> dict:
         "healthcheck": json.loads(health.group(1)),
         "copies": copies,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(command: list[str], **kwargs) -> float:
@@ -219,46 +212,34 @@ def rehearse(image: str, store: Path) -> dict:
         for volume in ("datasets", "outputs", "jobs"):  # the training pod's mounted volumes
             (work / "data" / volume).mkdir(parents=True)
         port = facts["cmd"][facts["cmd"].index("--port") + 1]  # the image's REST port (its HEALTHCHECK's)
-        rest = free_port()
+        rest, grpc_port = free_ports(2)
         cmd = [built["python"].parent / facts["cmd"][0], *facts["cmd"][1:]]
         cmd = [str(c) for c in cmd]
         cmd[cmd.index("--port") + 1] = str(rest)
         cmd[cmd.index("--host") + 1] = "127.0.0.1"
-        env = service_env(facts, built["python"], tmp, store, free_port())
-        log = (work / "service.log").open("wb")
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        env = service_env(facts, built["python"], tmp, store, grpc_port)
+        svc = ServiceProcess(
+            facts["cmd"][2],
+            work,
+            env,
+            rest_port=rest,
+            grpc_port=grpc_port,
+            log_path=work / "service.log",
+            cwd=app,
+            command=cmd,
         )
+        started = time.perf_counter()
         try:
-            url = f"http://127.0.0.1:{rest}"
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{image}: the service exited:\n{(work / 'service.log').read_text()[-4000:]}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                time.sleep(0.5)
-            else:
-                raise RuntimeError(
-                    f"{image}: not ready in 180 s:\n{(work / 'service.log').read_text()[-4000:]}"
-                )
+            svc.spawn().wait_ready(180)
             result["ready_seconds"] = round(time.perf_counter() - started, 1)
-            result["request"] = exercise(role, url, sample_png())
+            result["request"] = exercise(role, svc.url, sample_png())
             health = [str(built["python"]) if c == "python" else c for c in facts["healthcheck"]]
             health = [c.replace(f"127.0.0.1:{port}", f"127.0.0.1:{rest}") for c in health]
             result["healthcheck_exit"] = subprocess.run(health, env=env, check=False, timeout=30).returncode
             writes = [str(p.relative_to(app)) for p in app.rglob("*") if p.stat().st_mode & stat.S_IWUSR]
             result["app_dir_writes"] = writes
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(30)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            svc.stop(grace_s=30)
             for path in [app, *app.rglob("*")]:
                 path.chmod(path.stat().st_mode | stat.S_IWUSR)  # so the temp dir can be removed
         result["ok"] = result["healthcheck_exit"] == 0 and not result["app_dir_writes"]

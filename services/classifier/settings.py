@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from services.common.settings import CommonSettings, env_bool, env_float, env_int, env_str
+from services.harness import SERVICES
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class ClassifierSettings:
     @classmethod
     def from_env(cls) -> ClassifierSettings:
         return cls(
-            common=CommonSettings.from_env(default_grpc_port=50052),
+            common=CommonSettings.from_env(default_grpc_port=SERVICES["classifier"].grpc_port),
             model=env_str("CLASSIFIER", "latest"),
             model_store=env_str("MODEL_STORE", "runs/model-store"),
             # TRITON_URL without the prefix too: it is what Triton users set.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.settings import CommonSettings, env_float, env_int, env_str
+from services.harness import SERVICES
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,9 @@ class SynthesisSettings:
     @classmethod
     def from_env(cls) -> SynthesisSettings:
         return cls(
-            common=CommonSettings.from_env(default_grpc_port=50051, default_request_timeout_s=600.0),
+            common=CommonSettings.from_env(
+                default_grpc_port=SERVICES["synthesis"].grpc_port, default_request_timeout_s=600.0
+            ),
             model=env_str("SYNTHESIZER", "latest"),
             model_store=env_str("MODEL_STORE", "runs/model-store"),
             device=env_str("DEVICE", "auto"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from models.errors import ConfigError
 from services.common.settings import PREFIX, CommonSettings, env_bool, env_int, env_str
+from services.harness import SERVICES
 
 EXECUTORS = ("local", "kubernetes")
 #: Where Kubernetes mounts the pod's own namespace (the default namespace for the Jobs).
@@ -105,7 +106,9 @@ class TrainingSettings:
             raise ConfigError(f"{PREFIX}EXECUTOR must be one of {', '.join(EXECUTORS)}, got {executor!r}")
         return cls(
             # job requests are small JSON: 1 MiB unless LESIONSYNTH_MAX_REQUEST_BYTES says otherwise
-            common=CommonSettings.from_env(default_grpc_port=50053, default_max_request_bytes=1024 * 1024),
+            common=CommonSettings.from_env(
+                default_grpc_port=SERVICES["training"].grpc_port, default_max_request_bytes=1024 * 1024
+            ),
             jobs_dir=Path(env_str("JOBS_DIR", "runs/jobs")).resolve(),
             data_roots=tuple(Path(p).resolve() for p in roots.split(os.pathsep) if p),
             output_root=Path(env_str("OUTPUT_ROOT", "runs/outputs")).resolve(),

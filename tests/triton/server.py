@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ports import free_ports  # tests/ports.py: outside the ephemeral range
+
+from services.harness import free_ports  # outside the ephemeral range
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = Path(os.environ.get("LESIONSYNTH_TRITON_VENV", ROOT / ".venv-triton"))
