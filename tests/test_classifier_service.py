@@ -5,6 +5,7 @@ Runtime backend and the Triton backend (a real Triton server via PyTriton) givin
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import png_bytes, rgb, triton_helpers
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 from service_process import ServiceProcess
 
 from models.classifier.folder import load_classifier
@@ -116,6 +118,18 @@ def test_auth_refuses_missing_and_wrong_tokens_but_health_stays_open(service, im
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def grey16_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def float_tiff() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ones((40, 40), np.float32)).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
 def test_bad_inputs_and_metrics(service, images):
     # gRPC first: the metrics read below must see a gRPC call whatever ran before this test.
     with grpc.insecure_channel(service.grpc_target) as channel:
@@ -126,6 +140,11 @@ def test_bad_inputs_and_metrics(service, images):
             err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             and "not a supported image" in err.value.details()
         )
+        # A screening service refuses what it cannot score faithfully (models/data/images.py's rule).
+        for image, text in ((png_bytes(rgb(1, 1)), "under the minimum"), (float_tiff(), "32-bit float")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Classify(classifier_pb2.ClassifyRequest(image=image), metadata=GRPC_AUTH)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.value.details()
     with httpx.Client(base_url=service.url, headers=AUTH, timeout=60) as http:
         cases = [
             (dict(files={"image": ("x.png", b"GIF89a....", "image/gif")}), "not a supported image"),
@@ -134,15 +153,24 @@ def test_bad_inputs_and_metrics(service, images):
                 "truncated or corrupt",
             ),
             (dict(json={"img": "x"}), "image"),
+            (
+                dict(files={"image": ("x.png", png_bytes(rgb(1, 1)), "image/png")}),
+                "1x1 is under the minimum of 32 pixels per side",
+            ),
+            (dict(files={"image": ("x.png", grey16_png(), "image/png")}), "mode I;16 (16-bit grey) is not"),
+            (dict(files={"image": ("x.tif", float_tiff(), "image/tiff")}), "mode F (32-bit float) is not"),
         ]
         for kwargs, text in cases:
             r = http.post("/classify", **kwargs)
             assert r.status_code == 400 and text in r.text, r.text
         r = http.post("/classify_batch", json={"items": [{"image": "!!"}]})
         assert r.status_code == 400 and "not valid base64" in r.text
+        tiny = base64.b64encode(png_bytes(rgb(1, 1))).decode()
+        r = http.post("/classify_batch", json={"items": [{"image": tiny}]})
+        assert r.status_code == 400 and "under the minimum" in r.text, r.text
         assert (
             http.post(
-                "/classify", files={"image": ("x.png", png_bytes(rgb(20, 30)), "image/png")}
+                "/classify", files={"image": ("x.png", png_bytes(rgb(32, 40)), "image/png")}
             ).status_code
             == 200
         )

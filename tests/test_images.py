@@ -1,4 +1,5 @@
 import io
+import re
 import struct
 import zlib
 
@@ -97,3 +98,88 @@ def test_check_pair_errors():
     with pytest.raises(InvalidMaskError, match="empty"):
         check_pair(img, np.zeros((4, 4), dtype=bool))
     check_pair(img, np.eye(4, dtype=bool))
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    return buf.getvalue()
+
+
+def png_16bit_rgb(width: int = 40, height: int = 40) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one; Pillow reads it as 8-bit RGB, truncated)."""
+    rows = b"".join(b"\x00" + b"\xff\x00" * 3 * width for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (
+            encoded(Image.fromarray(np.full((40, 40), 1000, np.uint16))),
+            "mode I;16 (16-bit grey) is not accepted",
+        ),
+        (png_16bit_rgb(), "mode RGB with 16 bits per channel (RGB;16B) is not accepted"),
+        (encoded(Image.fromarray(np.full((40, 40), 0.5, np.float32)), "TIFF"), "mode F (32-bit float)"),
+        (encoded(Image.fromarray(np.full((40, 40), 7, np.int32)), "TIFF"), "mode I (32-bit integer)"),
+        (encoded(Image.new("CMYK", (40, 40)), "JPEG"), "mode CMYK"),
+    ],
+)
+def test_pixel_formats_outside_the_rule_are_refused_naming_the_mode(data, needle):
+    with pytest.raises(InvalidImageError, match=re.escape(needle)) as caught:
+        decode_image(data)
+    assert "modes 1, L, LA, P, PA, RGB, RGBA" in str(caught.value)
+    with pytest.raises(InvalidMaskError, match=re.escape(needle)):
+        decode_mask(data)
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt"),
+    [
+        (Image.new("RGB", (40, 40), (200, 100, 50)), "PNG"),
+        (Image.new("RGB", (40, 40), (200, 100, 50)), "TIFF"),
+        (Image.new("RGB", (40, 40), (200, 100, 50)), "BMP"),
+        (Image.new("RGBA", (40, 40), (200, 100, 50, 255)), "WEBP"),
+        (Image.new("P", (40, 40), 3), "PNG"),
+        (Image.new("1", (40, 40), 1), "PNG"),
+        (Image.new("LA", (40, 40), (90, 255)), "PNG"),
+    ],
+)
+def test_eight_bit_formats_are_accepted_and_converted_to_rgb(image, fmt):
+    out = decode_image(encoded(image, fmt), min_side=32)
+    assert out.shape == (40, 40, 3) and out.dtype == np.uint8
+    expected = np.asarray(image.convert("RGBA").convert("RGB"))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_minimum_side_checked_from_the_header():
+    tiny = encode_png(np.zeros((1, 1, 3), np.uint8))
+    assert decode_image(tiny).shape == (1, 1, 3)  # the library's default minimum is 1 pixel
+    with pytest.raises(InvalidImageError, match=r"image: 1x1 is under the minimum of 32 pixels per side"):
+        decode_image(tiny, min_side=32)
+    narrow = encode_png(np.zeros((31, 200, 3), np.uint8))
+    with pytest.raises(InvalidImageError, match="mask: 200x31 is under the minimum"):
+        decode_mask(narrow, min_side=32)
+    assert decode_image(encode_png(np.zeros((32, 32, 3), np.uint8)), min_side=32).shape == (32, 32, 3)
+
+
+def test_max_pixels_variable_is_parsed_in_one_place(monkeypatch):
+    from models.data.images import DEFAULT_MAX_PIXELS, max_pixels_from_env
+    from models.errors import ConfigError
+
+    monkeypatch.delenv("LESIONSYNTH_MAX_PIXELS", raising=False)
+    assert max_pixels_from_env() == DEFAULT_MAX_PIXELS
+    for raw, needle in (("many", "must be an integer, got 'many'"), ("0", "must be >= 1, got 0")):
+        monkeypatch.setenv("LESIONSYNTH_MAX_PIXELS", raw)
+        with pytest.raises(ConfigError, match=f"LESIONSYNTH_MAX_PIXELS {needle}"):
+            max_pixels_from_env()

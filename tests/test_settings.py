@@ -46,6 +46,8 @@ def test_the_request_byte_limit_defaults_per_service_and_one_variable_overrides_
         ("LESIONSYNTH_MAX_CONCURRENCY", "0", "LESIONSYNTH_MAX_CONCURRENCY must be >= 1, got 0"),
         ("LESIONSYNTH_GRPC_PORT", "70000", "LESIONSYNTH_GRPC_PORT must be in [0, 65535], got 70000"),
         ("LESIONSYNTH_API_TOKEN", "short", "LESIONSYNTH_API_TOKEN must be at least 16 characters"),
+        ("LESIONSYNTH_MAX_PIXELS", "lots", "LESIONSYNTH_MAX_PIXELS must be an integer, got 'lots'"),
+        ("LESIONSYNTH_MIN_IMAGE_SIDE", "0", "LESIONSYNTH_MIN_IMAGE_SIDE must be in [1, 4096], got 0"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(monkeypatch, name, value, message):
@@ -53,3 +55,20 @@ def test_a_bad_value_is_refused_naming_the_variable(monkeypatch, name, value, me
     with pytest.raises(ConfigError) as caught:
         CommonSettings.from_env(default_grpc_port=50052)
     assert message in str(caught.value)
+
+
+def test_image_limits_are_read_once_per_process(monkeypatch):
+    from services.common.settings import process_settings
+
+    monkeypatch.setenv("LESIONSYNTH_MIN_IMAGE_SIDE", "48")
+    monkeypatch.setenv("LESIONSYNTH_MAX_PIXELS", "5000")
+    process_settings.cache_clear()
+    try:
+        first = process_settings(ClassifierSettings)
+        assert (first.common.min_image_side, first.common.max_pixels) == (48, 5000)
+        monkeypatch.setenv("LESIONSYNTH_MAX_PIXELS", "6000")  # the schemas see the instance service.py made
+        assert process_settings(ClassifierSettings) is first
+    finally:
+        process_settings.cache_clear()
+    monkeypatch.delenv("LESIONSYNTH_MIN_IMAGE_SIDE")
+    assert ClassifierSettings.from_env().common.min_image_side == 32

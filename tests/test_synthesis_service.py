@@ -162,12 +162,24 @@ def huge_png() -> bytes:
     return buf.getvalue()
 
 
+def grey16_png(shape: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full(shape, 40000, np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def float_tiff(shape: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ones(shape, np.float32)).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
 def rest_bad_cases(image_png: bytes, mask_png: bytes, image: np.ndarray):
     f = lambda i=image_png, m=mask_png: {  # noqa: E731
         "image": ("i.png", i, "image/png"),
         "mask": ("m.png", m, "image/png"),
     }
-    small_mask = png_bytes(np.full((image.shape[0] // 2, image.shape[1]), 255, np.uint8))
+    small_mask = png_bytes(np.full((image.shape[0] - 8, image.shape[1]), 255, np.uint8))
     empty_mask = png_bytes(np.zeros(image.shape[:2], np.uint8))
     return [
         ("not an image", dict(files=f(i=b"hello, not a png")), 400, "not a supported image"),
@@ -212,6 +224,13 @@ def rest_bad_cases(image_png: bytes, mask_png: bytes, image: np.ndarray):
             400,
             "URLs are not accepted",
         ),
+        (
+            "image under the minimum side",
+            dict(files=f(i=png_bytes(image[:1, :1]), m=png_bytes(np.full((1, 1), 255, np.uint8)))),
+            400,
+            "1x1 is under the minimum of 32 pixels per side",
+        ),
+        ("16-bit image", dict(files=f(i=grey16_png(image.shape[:2]))), 400, "mode I;16 (16-bit grey)"),
         (
             "pickle",
             dict(content=b"x", headers={"content-type": "application/vnd.bentoml+pickle"}),
@@ -273,6 +292,16 @@ def test_bad_grpc_inputs_get_invalid_argument(stub, pair):
         ("missing mask", dict(image=image_png), "mask is missing"),
         ("empty mask", dict(image=image_png, mask=empty_mask), "mask is empty"),
         ("huge dimensions", dict(image=huge_png(), mask=mask_png), "over the limit"),
+        (
+            "image under the minimum side",
+            dict(image=png_bytes(image[:20]), mask=mask_png),
+            "under the minimum",
+        ),
+        (
+            "float mask",
+            dict(image=image_png, mask=float_tiff(image.shape[:2])),
+            "mask: mode F (32-bit float)",
+        ),
         ("steps out of range", dict(image=image_png, mask=mask_png, steps=0), "steps must be"),
         ("strength out of range", dict(image=image_png, mask=mask_png, strength=2.0), "strength must be"),
         ("seed out of range", dict(image=image_png, mask=mask_png, seed=2**63), "seed must be"),
@@ -349,7 +378,7 @@ def test_client_reports_clear_errors_after_retries(service, pair):
     _, _, image_png, _ = pair
     with SynthesisClient(service.url, retries=0) as client:
         with pytest.raises(RemoteError, match="must be the same size") as err:
-            client.synthesize(image_png, png_bytes(np.zeros((8, 8), np.uint8)))
+            client.synthesize(image_png, png_bytes(np.zeros((40, 40), np.uint8)))
         assert err.value.status == 400
     unreachable = SynthesisClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.01)
     with unreachable, pytest.raises(RemoteError, match="cannot connect"):

@@ -1,8 +1,15 @@
 """Safe image and mask decoding.
 
 Images arrive from users (CLI files, REST/gRPC bytes). Before any pixel is decoded we read the header
-and refuse images over a pixel limit (a 1 kB PNG can declare 100k x 100k pixels), then decode fully so a
-truncated file fails here and not halfway through a UNet batch.
+and refuse images over a pixel limit (a 1 kB PNG can declare 100k x 100k pixels), under a minimum side
+(the services pass one: a 1x1 PNG is not a picture of skin) or in a pixel format we do not convert
+faithfully, then decode fully so a truncated file fails here and not halfway through a UNet batch.
+
+Pixel formats (one rule for images and masks): 8 bits or fewer per channel, Pillow modes 1, L, LA, P, PA,
+RGB, RGBA. Grey (1, L) is repeated into R, G and B; a palette (P) becomes its RGB colours; alpha (LA, PA,
+RGBA, P with transparency) is composited on black. Everything else is refused with its mode named:
+16 bits per channel (PNG, TIFF), 32-bit integer (I) and float (F) TIFFs, CMYK, YCbCr, LAB, ... Pillow
+would otherwise clip or truncate them silently (a 16-bit grey PNG becomes mostly white).
 
 Conventions used everywhere in lesionsynth:
   image: ``np.ndarray`` of shape (H, W, 3), dtype uint8, RGB (grayscale and RGBA are converted).
@@ -13,16 +20,34 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from models.errors import InvalidImageError, InvalidMaskError
+from models.errors import ConfigError, InvalidImageError, InvalidMaskError
 
 #: Default pixel limit (width * height): 40 megapixels, above any dermoscope or colposcope frame we know.
-#: Overridable per call and by ``LESIONSYNTH_MAX_PIXELS``.
+#: Overridable per call and by ``LESIONSYNTH_MAX_PIXELS`` (parsed by :func:`max_pixels_from_env` only).
 DEFAULT_MAX_PIXELS = 40_000_000
+#: The services' default smallest accepted side (``LESIONSYNTH_MIN_IMAGE_SIDE``); the library's is 1.
+DEFAULT_MIN_SIDE = 32
+#: Pillow modes we decode (8 bits or fewer per channel); the conversion rule is in the module docstring.
+ACCEPTED_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
+#: What a refused mode is, for the message.
+MODE_NAMES = {
+    "I;16": "16-bit grey",
+    "I;16B": "16-bit grey",
+    "I;16L": "16-bit grey",
+    "I;16N": "16-bit grey",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+    "CMYK": "CMYK",
+    "YCbCr": "YCbCr",
+    "LAB": "CIELAB",
+    "HSV": "HSV",
+}
 #: Formats we decode. Anything else (SVG, PDF, EPS, ...) is refused before a decoder runs.
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 
@@ -32,19 +57,56 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def max_pixels_from_env() -> int:
+    """The one parser of ``LESIONSYNTH_MAX_PIXELS``: the library default here, the services' settings
+    (services/common/settings.py) call it once at start and pass the limit down."""
     raw = os.environ.get("LESIONSYNTH_MAX_PIXELS")
-    if raw is None:
+    if raw is None or raw == "":
         return DEFAULT_MAX_PIXELS
     try:
         value = int(raw)
-    except ValueError as exc:
-        raise InvalidImageError(f"LESIONSYNTH_MAX_PIXELS must be an integer, got {raw!r}") from exc
+    except ValueError:
+        raise ConfigError(f"LESIONSYNTH_MAX_PIXELS must be an integer, got {raw!r}") from None
     if value <= 0:
-        raise InvalidImageError("LESIONSYNTH_MAX_PIXELS must be positive")
+        raise ConfigError(f"LESIONSYNTH_MAX_PIXELS must be >= 1, got {value}")
     return value
 
 
-def _open(data: bytes | Path, role: str, max_pixels: int | None) -> Image.Image:
+#: A decoder raw mode with 16 or 32 bits per channel (PNG ``RGB;16B``, TIFF ``RGB;16L``); not BMP's
+#: ``BGR;16``, which is 16 bits per pixel (5-6-5), decoded faithfully.
+WIDE_RAW_MODE = re.compile(r"^(L|LA|RGB|RGBA|RGBX|RGBa|I|F);(16|32)")
+
+
+def _raw_modes(img: Image.Image) -> list[str]:
+    """The decoder's raw modes from the header (e.g. ``RGB;16B``: Pillow would truncate to 8 bits)."""
+    modes = []
+    for tile in img.tile:
+        args = tile[3]
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str):
+            modes.append(raw)
+    return modes
+
+
+def check_pixel_format(img: Image.Image, role: str, error: type[Exception] = InvalidImageError) -> None:
+    """Refuse what :data:`ACCEPTED_MODES` does not name, and 16-bit data Pillow would show as 8-bit."""
+    accepted = f"send 8-bit grey, palette, RGB or RGBA (modes {', '.join(ACCEPTED_MODES)})"
+    if img.mode not in ACCEPTED_MODES:
+        name = MODE_NAMES.get(img.mode, "an unsupported pixel format")
+        raise error(f"{role}: mode {img.mode} ({name}) is not accepted: {accepted}")
+    wide = [raw for raw in _raw_modes(img) if WIDE_RAW_MODE.match(raw)]
+    if wide:
+        raise error(
+            f"{role}: mode {img.mode} with 16 bits per channel ({wide[0]}) is not accepted: {accepted}"
+        )
+
+
+def _open(
+    data: bytes | Path,
+    role: str,
+    max_pixels: int | None,
+    min_side: int = 1,
+    format_error: type[Exception] = InvalidImageError,
+) -> Image.Image:
     limit = max_pixels or max_pixels_from_env()
     source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else Path(data)
     if isinstance(source, Path) and not source.is_file():
@@ -64,6 +126,12 @@ def _open(data: bytes | Path, role: str, max_pixels: int | None) -> Image.Image:
         raise InvalidImageError(
             f"{role}: {width}x{height} = {width * height:,} pixels is over the limit of {limit:,} pixels"
         )
+    if min(width, height) < min_side:
+        raise InvalidImageError(
+            f"{role}: {width}x{height} is under the minimum of {min_side} pixels per side "
+            "(LESIONSYNTH_MIN_IMAGE_SIDE)"
+        )
+    check_pixel_format(img, role, format_error)
     try:
         img.load()  # full decode: a truncated file raises here
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -71,9 +139,11 @@ def _open(data: bytes | Path, role: str, max_pixels: int | None) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes | Path, *, max_pixels: int | None = None, role: str = "image") -> np.ndarray:
-    """Decode bytes or a file into an RGB uint8 array of shape (H, W, 3)."""
-    img = _open(data, role, max_pixels)
+def decode_image(
+    data: bytes | Path, *, max_pixels: int | None = None, min_side: int = 1, role: str = "image"
+) -> np.ndarray:
+    """Decode bytes or a file into an RGB uint8 array of shape (H, W, 3) (the module's format rule)."""
+    img = _open(data, role, max_pixels, min_side)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on black rather than dropping alpha blindly: transparent pixels become background.
         img = img.convert("RGBA")
@@ -82,14 +152,13 @@ def decode_image(data: bytes | Path, *, max_pixels: int | None = None, role: str
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def decode_mask(data: bytes | Path, *, max_pixels: int | None = None, role: str = "mask") -> np.ndarray:
-    """Decode any 8-bit image into a boolean mask of shape (H, W): a pixel > 127 is inside.
-
-    Colour masks are converted to luminance first; an alpha channel is ignored.
+def decode_mask(
+    data: bytes | Path, *, max_pixels: int | None = None, min_side: int = 1, role: str = "mask"
+) -> np.ndarray:
+    """Decode an 8-bit image (the module's format rule) into a boolean mask of shape (H, W): a pixel > 127
+    is inside. Colour masks are converted to luminance first; an alpha channel is ignored.
     """
-    img = _open(data, role, max_pixels)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        raise InvalidMaskError(f"{role}: must be an 8-bit image, got mode {img.mode}")
+    img = _open(data, role, max_pixels, min_side, format_error=InvalidMaskError)
     return np.asarray(img.convert("L"), dtype=np.uint8) > 127
 
 

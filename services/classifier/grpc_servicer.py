@@ -16,7 +16,7 @@ SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_nam
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     def __init__(self, handler: ClassifierHandler):
         self.handler = handler
-        self.max_pixels = handler.settings.common.max_pixels
+        self.limits = handler.settings.common
         self.max_items = handler.settings.common.max_batch_items
 
     def _images(self, items) -> list:
@@ -26,7 +26,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             if len(items) > self.max_items:
                 raise ParameterError(f"items has {len(items)} images; at most {self.max_items} per call")
             role = "image" if len(items) == 1 else "items[{}].image"
-            return [parse_image(item.image, self.max_pixels, role.format(i)) for i, item in enumerate(items)]
+            return [parse_image(item.image, self.limits, role.format(i)) for i, item in enumerate(items)]
         except LesionsynthError:
             REJECTED.labels(service="classifier", transport="grpc").inc()
             raise

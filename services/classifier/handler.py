@@ -21,6 +21,7 @@ from services.classifier import metrics
 from services.classifier.settings import ClassifierSettings
 from services.common.metrics import set_model
 from services.common.model_slot import ModelSlot
+from services.common.settings import CommonSettings
 
 log = logging.getLogger("lesionsynth.services.classifier")
 
@@ -34,10 +35,11 @@ class ClassifierResult:
     positive_label: str
 
 
-def parse_image(data: bytes, max_pixels: int, role: str = "image") -> np.ndarray:
+def parse_image(data: bytes, limits: CommonSettings, role: str = "image") -> np.ndarray:
+    """Decode one request image under the service's limits (pixel count, smallest side, pixel format)."""
     if not data:
         raise ParameterError(f"{role} is missing (empty)")
-    return decode_image(data, max_pixels=max_pixels, role=role)
+    return decode_image(data, max_pixels=limits.max_pixels, min_side=limits.min_image_side, role=role)
 
 
 class ClassifierHandler:

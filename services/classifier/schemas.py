@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from models.data.images import max_pixels_from_env
 from models.errors import LesionsynthError
 from services.classifier.handler import parse_image
+from services.classifier.settings import ClassifierSettings
 from services.common.errors import request_error_slot
 from services.common.metrics import REJECTED
 from services.common.payloads import b64
+from services.common.settings import process_settings
 
 
 class ClassifyItem(BaseModel):
@@ -27,7 +28,7 @@ class ClassifyItem(BaseModel):
     def decode(self) -> ClassifyItem:
         self._error_slot = request_error_slot()
         try:
-            self._pixels = parse_image(b64("image", self.image), max_pixels_from_env())
+            self._pixels = parse_image(b64("image", self.image), process_settings(ClassifierSettings).common)
         except (LesionsynthError, ValueError) as exc:
             REJECTED.labels(service="classifier", transport="rest").inc()
             raise ValueError(str(exc)) from None

@@ -18,8 +18,9 @@ from services.classifier.settings import ClassifierSettings
 from services.common.errors import rest_errors
 from services.common.http import install_middleware
 from services.common.model_slot import preflight
+from services.common.settings import process_settings
 
-SETTINGS = ClassifierSettings.from_env()
+SETTINGS = process_settings(ClassifierSettings)
 # Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
 preflight("classifier-onnx", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[ClassifyItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
@@ -59,7 +60,7 @@ class ClassifierService:
         from services.common.metrics import REJECTED
 
         try:
-            pixels = parse_image(image.read_bytes(), SETTINGS.common.max_pixels)
+            pixels = parse_image(image.read_bytes(), SETTINGS.common)
         except LesionsynthError:
             REJECTED.labels(service="classifier", transport="rest").inc()
             raise

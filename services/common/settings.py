@@ -6,13 +6,16 @@ at start with a message naming the variable, never later in a request.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
-from models.data.images import DEFAULT_MAX_PIXELS
+from models.data.images import DEFAULT_MIN_SIDE, max_pixels_from_env
 from models.errors import ConfigError
 
 PREFIX = "LESIONSYNTH_"
+T = TypeVar("T")
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -72,7 +75,9 @@ class CommonSettings:
     #: Bearer token required on REST and gRPC (health exempt); None = auth off (the localhost default).
     api_token: str | None
     max_request_bytes: int
+    #: Image limits checked from the header before decoding (models/data/images.py).
     max_pixels: int
+    min_image_side: int
     max_batch_items: int
     grpc_workers: int
     #: REST requests in flight per service; beyond it BentoML answers 429 (clients retry). Bounds the
@@ -97,9 +102,17 @@ class CommonSettings:
             grpc_port=env_int("GRPC_PORT", default_grpc_port, minimum=0, maximum=65535),
             api_token=token,
             max_request_bytes=env_int("MAX_REQUEST_BYTES", default_max_request_bytes, minimum=1024),
-            max_pixels=env_int("MAX_PIXELS", DEFAULT_MAX_PIXELS, minimum=1),
+            max_pixels=max_pixels_from_env(),  # its one parser, shared with the CLI
+            min_image_side=env_int("MIN_IMAGE_SIDE", DEFAULT_MIN_SIDE, minimum=1, maximum=4096),
             max_batch_items=env_int("MAX_BATCH_ITEMS", 32, minimum=1),
             grpc_workers=env_int("GRPC_WORKERS", 8, minimum=1),
             max_concurrency=env_int("MAX_CONCURRENCY", 64, minimum=1),
             request_timeout_s=env_float("REQUEST_TIMEOUT_S", default_request_timeout_s, minimum=1.0),
         )
+
+
+@functools.cache
+def process_settings(settings_class: type[T]) -> T:
+    """``settings_class.from_env()``, read once per process: a service module and its request schemas
+    (pydantic validators, which have no other way to the service's settings) share the one instance."""
+    return settings_class.from_env()  # type: ignore[attr-defined]

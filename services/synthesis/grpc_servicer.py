@@ -5,20 +5,21 @@ from __future__ import annotations
 from models.errors import LesionsynthError, ParameterError
 from services.common.errors import grpc_errors
 from services.common.metrics import REJECTED
+from services.common.settings import CommonSettings
 from services.grpc_stubs import synthesis_pb2, synthesis_pb2_grpc
 from services.synthesis.handler import SynthesisHandler, SynthesisResult, parse_task
 
 SERVICE_NAME = synthesis_pb2.DESCRIPTOR.services_by_name["Synthesis"].full_name
 
 
-def _task(request: synthesis_pb2.SynthesizeRequest, max_pixels: int, role: str = ""):
+def _task(request: synthesis_pb2.SynthesizeRequest, limits: CommonSettings, role: str = ""):
     return parse_task(
         request.image,
         request.mask,
         request.seed if request.HasField("seed") else None,
         request.steps if request.HasField("steps") else None,
         request.strength if request.HasField("strength") else None,
-        max_pixels,
+        limits,
         role,
     )
 
@@ -36,13 +37,13 @@ def _response(result: SynthesisResult) -> synthesis_pb2.SynthesizeResponse:
 class SynthesisServicer(synthesis_pb2_grpc.SynthesisServicer):
     def __init__(self, handler: SynthesisHandler):
         self.handler = handler
-        self.max_pixels = handler.settings.common.max_pixels
+        self.limits = handler.settings.common
         self.max_items = handler.settings.common.max_batch_items
 
     @grpc_errors
     def Synthesize(self, request, context):
         try:
-            task = _task(request, self.max_pixels)
+            task = _task(request, self.limits)
         except LesionsynthError:
             REJECTED.labels(service="synthesis", transport="grpc").inc()
             raise
@@ -57,7 +58,7 @@ class SynthesisServicer(synthesis_pb2_grpc.SynthesisServicer):
                 raise ParameterError(
                     f"items has {len(request.items)} pairs; at most {self.max_items} per call"
                 )
-            tasks = [_task(item, self.max_pixels, f"items[{i}]") for i, item in enumerate(request.items)]
+            tasks = [_task(item, self.limits, f"items[{i}]") for i, item in enumerate(request.items)]
         except LesionsynthError:
             REJECTED.labels(service="synthesis", transport="grpc").inc()
             raise

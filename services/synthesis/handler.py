@@ -22,6 +22,7 @@ from models.diffusion.sampler_settings import DEFAULTS, MAX_SEED, MAX_STEPS, che
 from models.errors import ConfigError, ParameterError
 from services.common.metrics import set_model
 from services.common.model_slot import ModelSlot
+from services.common.settings import CommonSettings
 from services.synthesis import metrics
 from services.synthesis.settings import SynthesisSettings
 
@@ -55,7 +56,7 @@ def parse_task(
     seed: int | None,
     steps: int | None,
     strength: float | None,
-    max_pixels: int,
+    limits: CommonSettings,
     role: str = "",
 ) -> SynthesisTask:
     """Decode and check one request; raise InvalidImageError / InvalidMaskError / ParameterError."""
@@ -68,8 +69,9 @@ def parse_task(
     if seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
     check_seed(seed)
-    img = decode_image(image, max_pixels=max_pixels, role=f"{prefix}image")
-    msk = decode_mask(mask, max_pixels=max_pixels, role=f"{prefix}mask")
+    sizes = {"max_pixels": limits.max_pixels, "min_side": limits.min_image_side}
+    img = decode_image(image, **sizes, role=f"{prefix}image")
+    msk = decode_mask(mask, **sizes, role=f"{prefix}mask")
     check_pair(img, msk, role=role)
     return SynthesisTask(img, msk, seed, settings.steps, float(settings.strength))
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from models.data.images import max_pixels_from_env
 from models.diffusion.sampler_settings import MAX_SEED, MAX_STEPS
 from models.errors import LesionsynthError
 from services.common.metrics import REJECTED
 from services.common.payloads import b64
+from services.common.settings import process_settings
 from services.synthesis.handler import SynthesisTask, parse_task
+from services.synthesis.settings import SynthesisSettings
 
 
 class SynthesisItem(BaseModel):
@@ -37,7 +38,7 @@ class SynthesisItem(BaseModel):
                 self.seed,
                 self.steps,
                 self.strength,
-                max_pixels_from_env(),
+                process_settings(SynthesisSettings).common,
             )
         except (LesionsynthError, ValueError) as exc:
             REJECTED.labels(service="synthesis", transport="rest").inc()

@@ -18,10 +18,11 @@ from services.common.errors import rest_errors
 from services.common.http import install_middleware
 from services.common.metrics import REJECTED
 from services.common.model_slot import preflight
+from services.common.settings import process_settings
 from services.synthesis.schemas import SynthesisInfo, SynthesisItem, SynthesisItemResult
 from services.synthesis.settings import SynthesisSettings
 
-SETTINGS = SynthesisSettings.from_env()
+SETTINGS = process_settings(SynthesisSettings)
 # Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
 preflight("synthesizer", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[SynthesisItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
@@ -64,9 +65,7 @@ class SynthesisService:
         from services.synthesis.handler import parse_task
 
         try:
-            task = parse_task(
-                image.read_bytes(), mask.read_bytes(), seed, steps, strength, SETTINGS.common.max_pixels
-            )
+            task = parse_task(image.read_bytes(), mask.read_bytes(), seed, steps, strength, SETTINGS.common)
         except LesionsynthError:
             REJECTED.labels(service="synthesis", transport="rest").inc()
             raise
