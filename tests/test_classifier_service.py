@@ -15,6 +15,7 @@ import pytest
 from conftest import png_bytes, rgb, triton_helpers
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from problems import assert_problem
 from service_process import ServiceProcess
 
 from models.classifier.folder import load_classifier
@@ -105,7 +106,8 @@ def test_auth_refuses_missing_and_wrong_tokens_but_health_stays_open(service, im
         ({"Authorization": "Bearer wrong"}, "invalid bearer token"),
     ):
         r = httpx.post(service.url + "/classify", headers=headers, **body)
-        assert r.status_code == 401 and why in r.text
+        assert_problem(r, 401, why, "unauthorized")
+        assert r.headers["www-authenticate"].startswith("Bearer")
     for path in ("/livez", "/readyz", "/metrics"):
         assert httpx.get(service.url + path).status_code == 200
     with grpc.insecure_channel(service.grpc_target) as channel:
@@ -147,27 +149,34 @@ def test_bad_inputs_and_metrics(service, images):
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.value.details()
     with httpx.Client(base_url=service.url, headers=AUTH, timeout=60) as http:
         cases = [
-            (dict(files={"image": ("x.png", b"GIF89a....", "image/gif")}), "not a supported image"),
+            (dict(files={"image": ("x.png", b"GIF89a....", "image/gif")}), 422, "not a supported image"),
             (
                 dict(files={"image": ("x.png", png_bytes(images[0])[:100], "image/png")}),
+                422,
                 "truncated or corrupt",
             ),
-            (dict(json={"img": "x"}), "image"),
+            (dict(json={"img": "x"}), 400, "image"),
             (
                 dict(files={"image": ("x.png", png_bytes(rgb(1, 1)), "image/png")}),
+                422,
                 "1x1 is under the minimum of 32 pixels per side",
             ),
-            (dict(files={"image": ("x.png", grey16_png(), "image/png")}), "mode I;16 (16-bit grey) is not"),
-            (dict(files={"image": ("x.tif", float_tiff(), "image/tiff")}), "mode F (32-bit float) is not"),
+            (dict(files={"image": ("x.png", grey16_png(), "image/png")}), 422, "mode I;16 (16-bit grey) is"),
+            (dict(files={"image": ("x.tif", float_tiff(), "image/tiff")}), 422, "mode F (32-bit float) is"),
         ]
-        for kwargs, text in cases:
-            r = http.post("/classify", **kwargs)
-            assert r.status_code == 400 and text in r.text, r.text
-        r = http.post("/classify_batch", json={"items": [{"image": "!!"}]})
-        assert r.status_code == 400 and "not valid base64" in r.text
+        for kwargs, status, text in cases:
+            assert_problem(http.post("/classify", **kwargs), status, text)
+        assert_problem(
+            http.post("/classify_batch", json={"items": [{"image": "!!"}]}), 400, "not valid base64"
+        )
         tiny = base64.b64encode(png_bytes(rgb(1, 1))).decode()
-        r = http.post("/classify_batch", json={"items": [{"image": tiny}]})
-        assert r.status_code == 400 and "under the minimum" in r.text, r.text
+        problem = assert_problem(
+            http.post("/classify_batch", json={"items": [{"image": tiny}]}),
+            422,
+            "under the minimum",
+            "invalid-image",
+        )
+        assert problem["errors"][0]["pointer"] == "#/items/0"
         assert (
             http.post(
                 "/classify", files={"image": ("x.png", png_bytes(rgb(32, 40)), "image/png")}
@@ -207,7 +216,8 @@ def test_triton_backend_gives_the_same_scores_and_says_when_triton_is_down(
                 files={"image": ("x.png", png_bytes(images[0]), "image/png")},
                 timeout=60,
             )
-            assert r.status_code == 503 and "Triton at" in r.text and "unavailable" in r.text
+            assert_problem(r, 503, "Triton at", "backend-unavailable")
+            assert "unavailable" in r.json()["detail"]
             with grpc.insecure_channel(via_triton.grpc_target) as channel:
                 with pytest.raises(grpc.RpcError) as err:
                     classifier_pb2_grpc.ClassifierStub(channel).Classify(

@@ -1,5 +1,6 @@
-"""The short fuzz run CI does (the long one: `make fuzz`, docs/fuzz.md): schemathesis on every service's
-OpenAPI and malformed/oversized/random gRPC messages; no 5xx, no INTERNAL, still serving afterwards."""
+"""The short fuzz run CI does (the long one: `make fuzz`, docs/fuzz.md): schemathesis with every check on
+every service's OpenAPI (error bodies as declared, schema-valid requests accepted or 422, schema-invalid
+ones refused, no 5xx) and malformed/oversized/random gRPC messages; no INTERNAL, still serving afterwards."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ MAX_BYTES = 1024 * 1024
 
 
 @pytest.mark.parametrize("name", ["synthesis", "classifier", "training"])
-def test_fuzz_finds_no_server_errors(name, tmp_path, tiny_synth, serving_classifier):
+def test_fuzz_passes_every_check(name, tmp_path, tiny_synth, serving_classifier):
     env = {
         **model_env(name, tmp_path, tiny_synth, serving_classifier),
         "LESIONSYNTH_MAX_REQUEST_BYTES": str(MAX_BYTES),

@@ -21,6 +21,7 @@ import pytest
 from conftest import png_bytes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from problems import assert_problem
 from service_process import REPO, ServiceProcess
 
 from models.data.images import decode_image
@@ -182,16 +183,16 @@ def rest_bad_cases(image_png: bytes, mask_png: bytes, image: np.ndarray):
     small_mask = png_bytes(np.full((image.shape[0] - 8, image.shape[1]), 255, np.uint8))
     empty_mask = png_bytes(np.zeros(image.shape[:2], np.uint8))
     return [
-        ("not an image", dict(files=f(i=b"hello, not a png")), 400, "not a supported image"),
-        ("truncated PNG", dict(files=f(i=image_png[: len(image_png) // 2])), 400, "truncated or corrupt"),
-        ("mask size mismatch", dict(files=f(m=small_mask)), 400, "must be the same size"),
-        ("empty mask", dict(files=f(m=empty_mask)), 400, "mask is empty"),
-        ("huge dimensions", dict(files=f(i=huge_png())), 400, "over the limit"),
+        ("not an image", dict(files=f(i=b"hello, not a png")), 422, "not a supported image"),
+        ("truncated PNG", dict(files=f(i=image_png[: len(image_png) // 2])), 422, "truncated or corrupt"),
+        ("mask size mismatch", dict(files=f(m=small_mask)), 422, "must be the same size"),
+        ("empty mask", dict(files=f(m=empty_mask)), 422, "mask is empty"),
+        ("huge dimensions", dict(files=f(i=huge_png())), 422, "over the limit"),
         ("wrong content type", dict(json={"image": "x", "mask": "y"}), 400, "image"),
         ("missing field", dict(files={"image": ("i.png", image_png, "image/png")}), 400, "mask"),
-        ("steps out of range", dict(files=f(), data={"steps": "0"}), 400, "steps must be"),
-        ("too many steps", dict(files=f(), data={"steps": "5000"}), 400, "steps must be"),
-        ("strength out of range", dict(files=f(), data={"strength": "1.5"}), 400, "strength must be"),
+        ("steps out of range", dict(files=f(), data={"steps": "0"}), 422, "steps must be"),
+        ("too many steps", dict(files=f(), data={"steps": "5000"}), 422, "steps must be"),
+        ("strength out of range", dict(files=f(), data={"strength": "1.5"}), 422, "strength must be"),
         ("negative seed", dict(files=f(), data={"seed": "-1"}), 400, "seed"),
         ("seed not a number", dict(files=f(), data={"seed": "abc"}), 400, "seed"),
         ("body over the byte limit", dict(files=f(i=b"\0" * (MAX_BYTES + 10))), 413, "over the limit"),
@@ -227,10 +228,10 @@ def rest_bad_cases(image_png: bytes, mask_png: bytes, image: np.ndarray):
         (
             "image under the minimum side",
             dict(files=f(i=png_bytes(image[:1, :1]), m=png_bytes(np.full((1, 1), 255, np.uint8)))),
-            400,
+            422,
             "1x1 is under the minimum of 32 pixels per side",
         ),
-        ("16-bit image", dict(files=f(i=grey16_png(image.shape[:2]))), 400, "mode I;16 (16-bit grey)"),
+        ("16-bit image", dict(files=f(i=grey16_png(image.shape[:2]))), 422, "mode I;16 (16-bit grey)"),
         (
             "pickle",
             dict(content=b"x", headers={"content-type": "application/vnd.bentoml+pickle"}),
@@ -251,28 +252,33 @@ def test_bad_rest_inputs_get_clear_errors_and_the_service_keeps_serving(http, se
     for name, kwargs, status, text in rest_bad_cases(image_png, mask_png, image):
         r = http.post("/synthesize", **kwargs)
         assert r.status_code == status, (name, r.status_code, r.text)
-        assert text in r.text, (name, r.text)
+        assert_problem(r, status, text)
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    # 400: the request does not match the OpenAPI document; 422: it does, but its content cannot be used.
     batch_cases = [
-        ("invalid base64", {"items": [{"image": "%%%", "mask": b64(mask_png)}]}, "not valid base64"),
-        ("empty batch", {"items": []}, "items"),
+        ("invalid base64", {"items": [{"image": "%%%", "mask": b64(mask_png)}]}, 400, "not valid base64"),
+        ("empty batch", {"items": []}, 400, "items"),
         (
             "bad image in a batch",
             {"items": [{"image": b64(b"nope"), "mask": b64(mask_png)}]},
+            422,
             "not a supported",
         ),
         (
             "strength out of range",
             {"items": [{"image": b64(image_png), "mask": b64(mask_png), "strength": 0}]},
+            422,
             "strength",
         ),
     ]
     secret = b64(image_png)
-    batch_cases.append(("misspelt field", {"items": [{"imagee": secret, "mask": b64(mask_png)}]}, "image"))
-    for name, body, text in batch_cases:
+    batch_cases.append(
+        ("misspelt field", {"items": [{"imagee": secret, "mask": b64(mask_png)}]}, 400, "Field required")
+    )
+    for name, body, status, text in batch_cases:
         r = http.post("/synthesize_batch", json=body)
-        assert r.status_code == 400, (name, r.text)
-        assert text in r.text, (name, r.text)
+        problem = assert_problem(r, status, text)
+        assert problem["errors"][0]["pointer"].startswith("#/items"), (name, problem)
         assert secret[:24] not in r.text
     ok = http.post(
         "/synthesize", files=rest_bad_cases(image_png, mask_png, image)[7][1]["files"], data={"steps": "2"}
@@ -379,7 +385,7 @@ def test_client_reports_clear_errors_after_retries(service, pair):
     with SynthesisClient(service.url, retries=0) as client:
         with pytest.raises(RemoteError, match="must be the same size") as err:
             client.synthesize(image_png, png_bytes(np.zeros((40, 40), np.uint8)))
-        assert err.value.status == 400
+        assert err.value.status == 422
     unreachable = SynthesisClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.01)
     with unreachable, pytest.raises(RemoteError, match="cannot connect"):
         unreachable.info()

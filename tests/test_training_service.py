@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from problems import assert_problem
 from service_process import ServiceProcess
 
 from models.store import ModelStore
@@ -101,21 +102,19 @@ def test_submit_watch_and_publish_over_rest_and_grpc(service, dirs):
 
 def test_bad_requests_get_clear_errors(service, dirs):
     cases = [
-        ({"type": "paint-the-fence", "params": {}}, 400, "unknown job type"),
+        ({"type": "paint-the-fence", "params": {}}, 422, "unknown job type"),
         (
             {"type": "train-synthesizer", "params": {**synth_params(dirs), "manifest": "/etc/passwd"}},
-            400,
+            422,
             "outside",
         ),
-        ({"type": "train-synthesizer", "params": {**synth_params(dirs), "colour": "red"}}, 400, "colour"),
-        ({"type": "train-synthesizer", "params": {**synth_params(dirs), "max_steps": 0}}, 400, "max_steps"),
+        ({"type": "train-synthesizer", "params": {**synth_params(dirs), "colour": "red"}}, 422, "colour"),
+        ({"type": "train-synthesizer", "params": {**synth_params(dirs), "max_steps": 0}}, 422, "max_steps"),
         ({"params": {}}, 400, "type"),
     ]
     for body, status, text in cases:
-        r = httpx.post(service.url + "/submit_job", json=body)
-        assert r.status_code == status and text in r.text, (body, r.status_code, r.text)
-    r = httpx.post(service.url + "/get_job", json={"id": "0" * 32})
-    assert r.status_code == 404 and "no job" in r.text
+        assert_problem(httpx.post(service.url + "/submit_job", json=body), status, text)
+    assert_problem(httpx.post(service.url + "/get_job", json={"id": "0" * 32}), 404, "no job", "not-found")
     with grpc.insecure_channel(service.grpc_target) as channel:
         stub = training_pb2_grpc.TrainingStub(channel)
         for request, code, text in (

@@ -12,14 +12,17 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from models.errors import LesionsynthError
 from services.classifier.handler import parse_image
 from services.classifier.settings import ClassifierSettings
-from services.common.errors import request_error_slot
+from services.common.errors import content_error, request_error_slot
 from services.common.metrics import REJECTED
-from services.common.payloads import b64
+from services.common.payloads import BASE64, b64
 from services.common.settings import process_settings
 
 
 class ClassifyItem(BaseModel):
-    image: str = Field(description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64.")
+    image: str = Field(
+        description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64; 8-bit, at least 32 px a side.",
+        json_schema_extra=BASE64,
+    )
     _pixels: np.ndarray | None = PrivateAttr(None)
     #: The request's error slot (services.common.errors): the batch may run outside the request's context.
     _error_slot: dict | None = PrivateAttr(None)
@@ -29,7 +32,10 @@ class ClassifyItem(BaseModel):
         self._error_slot = request_error_slot()
         try:
             self._pixels = parse_image(b64("image", self.image), process_settings(ClassifierSettings).common)
-        except (LesionsynthError, ValueError) as exc:
+        except LesionsynthError as exc:  # content the schema allows: 422 with the kind
+            REJECTED.labels(service="classifier", transport="rest").inc()
+            raise content_error(exc) from None
+        except ValueError as exc:  # not base64: the schema's pattern says so too (400)
             REJECTED.labels(service="classifier", transport="rest").inc()
             raise ValueError(str(exc)) from None
         return self

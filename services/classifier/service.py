@@ -75,13 +75,13 @@ class ClassifierService:
         from dataclasses import asdict
 
         from models.errors import BackendUnavailable
-        from services.common.errors import note_server_error
+        from services.common.errors import note_error
 
         try:
             results = self.handler.classify([item.pixels for item in items], "rest")
         except BackendUnavailable as exc:
             for item in items:  # every request merged into this batch gets the reason
-                note_server_error(str(exc), item.error_slot)
+                note_error(exc, item.error_slot)
             raise
         return [Classification(**asdict(r)) for r in results]
 

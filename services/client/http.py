@@ -95,17 +95,13 @@ class _Client:
 
 
 def _message(response: httpx.Response) -> str:
+    """The ``detail`` of the service's problem details (RFC 9457; services/common/errors.py)."""
     try:
         body = response.json()
     except ValueError:
         return f"HTTP {response.status_code}"
-    if isinstance(body, list) and body:
-        body = body[0]
-    if isinstance(body, dict) and "error" in body:
-        detail = body.get("detail")
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict) and "msg" in detail[0]:
-            return f"HTTP {response.status_code}: {detail[0]['msg']}"
-        return f"HTTP {response.status_code}: {body['error']}"
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return f"HTTP {response.status_code}: {body['detail']}"
     return f"HTTP {response.status_code}"
 
 

@@ -9,9 +9,10 @@ Tokens are compared in constant time.
 from __future__ import annotations
 
 import hmac
-import json
 
 import grpc
+
+from services.common.errors import UNAUTHORIZED, send_problem
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -29,7 +30,7 @@ def refusal(header: str | None) -> str:
 
 
 class BearerAuthMiddleware:
-    """ASGI: 401 with a JSON error unless ``Authorization: Bearer <token>`` matches."""
+    """ASGI: 401 with problem details unless ``Authorization: Bearer <token>`` matches."""
 
     def __init__(self, app, token: str | None):
         self.app = app
@@ -41,15 +42,7 @@ class BearerAuthMiddleware:
         header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1") or None
         if token_matches(header, self.token):
             return await self.app(scope, receive, send)
-        body = json.dumps({"error": f"unauthorized: {refusal(header)}"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [(b"content-type", b"application/json"), WWW_AUTHENTICATE],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(send, UNAUTHORIZED, f"unauthorized: {refusal(header)}", (WWW_AUTHENTICATE,))
 
 
 class BearerAuthInterceptor(grpc.ServerInterceptor):
@@ -67,7 +60,7 @@ class BearerAuthInterceptor(grpc.ServerInterceptor):
         message = f"unauthorized: {refusal(header)}"
 
         def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            context.abort(UNAUTHORIZED.grpc_code, message)
 
         handler = continuation(handler_call_details)
         if handler is not None and handler.response_streaming:

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import BearerAuthInterceptor
+from services.common.errors import MALFORMED_REQUEST
 from services.common.metrics import GRPC_REQUESTS, GRPC_SECONDS
 from services.common.settings import CommonSettings
 
@@ -156,7 +157,7 @@ class MalformedMessageInterceptor(grpc.ServerInterceptor):
         def check(request, context) -> None:
             if isinstance(request, _Malformed):
                 context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                    MALFORMED_REQUEST.grpc_code,
                     f"malformed request: the bytes are not a valid request message of {method}",
                 )
 

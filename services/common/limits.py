@@ -7,21 +7,11 @@ same byte limit through ``grpc.max_receive_message_length``.
 
 from __future__ import annotations
 
-import json
+from services.common.errors import TOO_LARGE, send_problem
 
 
 class RequestTooLarge(Exception):
     pass
-
-
-def _error(status: int, message: str) -> tuple[dict, dict]:
-    body = json.dumps({"error": message}).encode()
-    start = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json")],
-    }
-    return start, {"type": "http.response.body", "body": body}
 
 
 class RequestSizeLimitMiddleware:
@@ -35,9 +25,7 @@ class RequestSizeLimitMiddleware:
         message = f"request body over the limit of {self.max_bytes} bytes (LESIONSYNTH_MAX_REQUEST_BYTES)"
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            for part in _error(413, message):
-                await send(part)
-            return None
+            return await send_problem(send, TOO_LARGE, message)
         seen = 0
         started = False
 
@@ -60,6 +48,5 @@ class RequestSizeLimitMiddleware:
             return await self.app(scope, counted_receive, tracked_send)
         except RequestTooLarge:
             if not started:
-                for part in _error(413, message):
-                    await send(part)
+                await send_problem(send, TOO_LARGE, message)
             return None

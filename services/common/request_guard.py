@@ -14,19 +14,12 @@ The body is read once (under the request-size limit, which wraps this middleware
 
 from __future__ import annotations
 
-import json
 import re
+
+from services.common.errors import MALFORMED_REQUEST, UNSUPPORTED_MEDIA_TYPE, send_problem
 
 ACCEPTED = ("application/json", "multipart/form-data")
 URL = re.compile(rb'^\s*"?\s*https?://', re.IGNORECASE)
-
-
-async def _reply(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class RequestGuardMiddleware:
@@ -40,8 +33,10 @@ class RequestGuardMiddleware:
         content_type = headers.get(b"content-type", b"application/json").decode("latin-1")
         media = content_type.split(";")[0].strip().lower() or "application/json"
         if media not in ACCEPTED:
-            return await _reply(
-                send, 415, f"unsupported content type {media!r}: send application/json or multipart/form-data"
+            return await send_problem(
+                send,
+                UNSUPPORTED_MEDIA_TYPE,
+                f"unsupported content type {media!r}: send application/json or multipart/form-data",
             )
         chunks, more = [], True
         while more:
@@ -53,7 +48,7 @@ class RequestGuardMiddleware:
         body = b"".join(chunks)
         problem = await self._check(scope, media, content_type, body)
         if problem:
-            return await _reply(send, 400, problem)
+            return await send_problem(send, MALFORMED_REQUEST, problem)
         replayed = False
 
         async def replay():

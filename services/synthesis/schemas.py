@@ -10,16 +10,22 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from models.diffusion.sampler_settings import MAX_SEED, MAX_STEPS
 from models.errors import LesionsynthError
+from services.common.errors import content_error
 from services.common.metrics import REJECTED
-from services.common.payloads import b64
+from services.common.payloads import BASE64, b64
 from services.common.settings import process_settings
 from services.synthesis.handler import SynthesisTask, parse_task
 from services.synthesis.settings import SynthesisSettings
 
 
 class SynthesisItem(BaseModel):
-    image: str = Field(description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64.")
-    mask: str = Field(description="Mask of the same size, base64; pixels > 127 are inside.")
+    image: str = Field(
+        description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64; 8-bit, at least 32 px a side.",
+        json_schema_extra=BASE64,
+    )
+    mask: str = Field(
+        description="Mask of the same size, base64; pixels > 127 are inside.", json_schema_extra=BASE64
+    )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Unset: drawn by the server and returned.")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="DDIM steps; unset: the default.")
     # ge, not gt: BentoML writes OpenAPI 3.0, where a numeric exclusiveMinimum is invalid (schemathesis
@@ -40,7 +46,10 @@ class SynthesisItem(BaseModel):
                 self.strength,
                 process_settings(SynthesisSettings).common,
             )
-        except (LesionsynthError, ValueError) as exc:
+        except LesionsynthError as exc:  # content the schema allows: 422 with the kind
+            REJECTED.labels(service="synthesis", transport="rest").inc()
+            raise content_error(exc) from None
+        except ValueError as exc:  # not base64: the schema's pattern says so too (400)
             REJECTED.labels(service="synthesis", transport="rest").inc()
             raise ValueError(str(exc)) from None
         return self
@@ -52,7 +61,7 @@ class SynthesisItem(BaseModel):
 
 
 class SynthesisItemResult(BaseModel):
-    image: str = Field(description="The synthesized image, PNG, base64.")
+    image: str = Field(description="The synthesized image, PNG, base64.", json_schema_extra=BASE64)
     seed: int
     steps: int
     strength: float
