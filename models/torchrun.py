@@ -3,7 +3,7 @@
 A job stays a plain function (models/jobs/base.py) whichever executor runs it: for ``processes > 1`` the
 ``train-synthesizer`` job calls :func:`run_data_parallel`, which starts ``torchrun --standalone
 --nproc-per-node N -m models.jobs.synthesizer_ranks ...`` as a child and waits for it. The same code runs in a local job
-process and in a Kubernetes Job pod that asked for N GPUs (services/training/k8s_executor.py).
+process and in a Kubernetes Job pod that asked for N GPUs (services/training/k8s/).
 
 - Progress: rank 0 writes its bar to a JSON file (``--progress-file``); the job process re-reports it on
   its own bar, which reaches the job record through the job's progress sink.

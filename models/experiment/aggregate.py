@@ -12,14 +12,27 @@ Per strategy:
     paired t-test over seeds of the per-seed test AUCs (seed k against seed k);
   * the pre-registered primary comparison (from the config), resolved the same way and marked as such;
   * subgroups (e.g. sex, age band): AUC of the seed-averaged ``none`` and primary classifiers per group.
+
+:func:`aggregate_units` is the experiment's aggregate stage: it trains nothing and runs no unit. It reads
+every unit's ``test_scores.json`` and the checkpoint series' ``series.json`` (written by the series stage,
+models/experiment/series.py), adds the synthetic images' fidelity (inference with the finished ``none``
+classifier) and writes results.json, report.md and roc.png.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from models.classifier.balancing import BEST_CLASSICAL, CLASSICAL
+from models.data.manifest import load_manifest
+from models.errors import LesionsynthError
 from models.evaluation.resampling import bootstrap_ci, paired_t_test
 from models.evaluation.roc import (
     auc_confidence_interval,
@@ -30,7 +43,17 @@ from models.evaluation.roc import (
     sensitivity_at_specificity,
     sensitivity_specificity,
 )
+from models.experiment.config import ExperimentConfig
+from models.experiment.fidelity import fidelity_step
+from models.experiment.report import write_report
+from models.experiment.subgroups import case_groups
+from models.experiment.units import SCORES, all_units
 
+if TYPE_CHECKING:
+    from models.experiment.prepare import PreparedData
+
+#: The series stage's results in the experiment's folder (models/experiment/series.py).
+SERIES_RESULTS = "series.json"
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 SPECIFICITY = 0.9  # the fixed operating point: sensitivity at 90% specificity
 
@@ -209,3 +232,86 @@ def aggregate(
         scores = {n: np.mean([u["scores"] for u in by_strategy[n]], 0) for n in shown}
         out["subgroups"] = subgroup_aucs(labels, groups, scores)
     return out
+
+
+# -- the aggregate stage ------------------------------------------------------------------------------
+
+
+def aggregate_units(config: ExperimentConfig, prepared: PreparedData | None = None) -> dict:
+    """Aggregate the finished units (and the finished checkpoint series) into the experiment's report."""
+    units = all_units(config)
+    missing = [u.name for u in units if not u.is_done(config.out)]
+    if missing:
+        raise LesionsynthError(
+            f"cannot aggregate: {len(missing)} unit(s) not finished: {', '.join(missing[:10])}"
+        )
+    unit_results = [json.loads((u.folder(config.out) / SCORES).read_text()) for u in units]
+    groups = None
+    if prepared:
+        rows = {r.number: r for r in load_manifest(prepared.manifest, check_files=False).rows}
+        groups = case_groups(rows, unit_results[0]["test_rows"])
+    results = aggregate(unit_results, primary=config.primary or None, groups=groups)
+    fidelity = fidelity_step(config, prepared.manifest) if prepared else None
+    if fidelity:
+        results["fidelity"] = fidelity
+    series = read_series(config) if prepared else None
+    if series:
+        results["series"] = series
+    write_report(config.out, results, results_meta(config, prepared))
+    return results
+
+
+def read_series(config: ExperimentConfig) -> dict | None:
+    """The series stage's results for this config; None when it has no series; raises when the series
+    is not finished (or was made for other snapshots, strategy or seeds)."""
+    if not config.series:
+        return None
+    path = config.out / SERIES_RESULTS
+    try:
+        series = json.loads(path.read_text())
+    except (OSError, ValueError):
+        series = None
+    expected = (
+        [str(s) for s in sorted(set(config.series["snapshots"]))],
+        config.series.get("strategy", "synthetic"),
+        list(config.series.get("seeds", config.seeds)),
+    )
+    if (
+        not isinstance(series, dict)
+        or (
+            list(series.get("steps", {})),
+            series.get("strategy"),
+            series.get("seeds"),
+        )
+        != expected
+    ):
+        raise LesionsynthError(
+            f"cannot aggregate: the checkpoint series is not finished ({path} is missing or was made for "
+            "another series; run the series stage: `lesionsynth experiment` without --aggregate-only)"
+        )
+    return series
+
+
+def results_meta(config: ExperimentConfig, prepared: PreparedData | None) -> dict:
+    def shown(path) -> str | None:
+        """Paths as the config file writes them (relative to its folder), so reports hold no home dirs."""
+        if path is None:
+            return None
+        base = config.source.parent if config.source else Path.cwd()
+        return os.path.relpath(Path(path).resolve(), base.resolve())
+
+    return {
+        "name": config.name,
+        "config_file": config.source.name if config.source else None,
+        "manifest": shown(prepared.manifest if prepared else config.manifest),
+        "synthesizer": shown(prepared.synthesizer) if prepared and prepared.synthesizer else None,
+        "synthetic_images": prepared.synthetic_count if prepared else None,
+        "classifier": config.classifier,
+        "strategies": list(config.strategies),
+        "seeds": list(config.seeds),
+        "target_sensitivity": config.target_sensitivity,
+        "split": {**config.split, "file": shown(config.role_file)} if config.role_file else config.split,
+        "balance": config.balance,
+        "primary (pre-registered)": config.primary or None,
+        "synthesizer_settings": {k: v for k, v in asdict(config)["synthesizer"].items() if k != "model"},
+    }

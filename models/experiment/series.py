@@ -9,7 +9,10 @@ helped the classifier. For each snapshot of one synthesizer training run this st
   ``series.seeds``), beside the ``none`` baseline.
 
 Each snapshot's balanced set and units live under ``<out>/series/step-NNNNNN/``; finished units are
-skipped on rerun, like the main units.
+skipped on rerun, like the main units. This is a stage of its own, after the units (it needs the
+``none`` classifiers) and before the aggregate: ``run_series`` trains, balances, runs the series' units
+and measures fidelity, then writes ``<out>/series.json`` (and series.png), which the aggregate reads;
+on Kubernetes it is the experiment's ``-series`` Job.
 """
 
 from __future__ import annotations
@@ -21,12 +24,11 @@ from pathlib import Path
 from models.artifacts import atomic_write_bytes
 from models.balance import balance_dataset
 from models.diffusion.train import snapshot_dir, train_synthesizer
-from models.errors import LesionsynthError
-from models.experiment.aggregate import summarize_strategy
+from models.experiment.aggregate import SERIES_RESULTS, summarize_strategy
 from models.experiment.config import ExperimentConfig
 from models.experiment.fidelity import fidelity_step
 from models.experiment.prepare import PreparedData, balance_settings, synthesizer_settings, synthetic_count
-from models.experiment.units import SCORES, Unit
+from models.experiment.units import SCORES, Unit, run_units
 
 
 def series_figure(series: dict, baseline_auc: float) -> bytes:
@@ -74,25 +76,16 @@ def series_figure(series: dict, baseline_auc: float) -> bytes:
     return buf.getvalue()
 
 
-def run_series(
-    config: ExperimentConfig, prepared: PreparedData, progress: bool = True, run_missing: bool = True
-) -> dict | None:
-    """The series results; with ``run_missing=False`` nothing is trained (unfinished parts raise)."""
-    from models.experiment.runner import run_units  # the runner imports this module
-
+def run_series(config: ExperimentConfig, prepared: PreparedData, progress: bool = True) -> dict | None:
+    """Train what is missing (the snapshots, the series' units), measure every snapshot and write
+    ``<out>/series.json`` and ``series.png``; the results, or None when the config has no series.
+    Needs the finished ``none`` units (the baseline AUC and the fidelity features)."""
     if not config.series:
         return None
     steps = sorted(set(config.series["snapshots"]))
     strategy = config.series.get("strategy", "synthetic")
     seeds = tuple(config.series.get("seeds", config.seeds))
     model = Path(config.series.get("model", config.out / "series" / "synthesizer"))
-    units_done = all(
-        Unit(strategy, seed, f"series/step-{s:06d}").is_done(config.out) for s in steps for seed in seeds
-    )
-    if not run_missing and not units_done:
-        raise LesionsynthError(
-            "cannot aggregate: the checkpoint series is not finished (run without --aggregate-only)"
-        )
     if not all((snapshot_dir(model, s) / "model_card.json").is_file() for s in steps):
         train_synthesizer(
             synthesizer_settings(
@@ -134,4 +127,6 @@ def run_series(
     baseline_auc = summarize_strategy(baseline)["auc_mean"]
     out["baseline_auc_mean"] = baseline_auc
     atomic_write_bytes(config.out / "series.png", series_figure(out, baseline_auc))
+    # In step order (the report's table follows it), not atomic_write_json's sorted keys.
+    atomic_write_bytes(config.out / SERIES_RESULTS, (json.dumps(out, indent=2) + "\n").encode())
     return out

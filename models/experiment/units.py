@@ -5,6 +5,11 @@ A unit is a plain function of (config, prepared manifest, unit) that writes into
 with that file is done and is skipped on rerun; a unit without it resumes its classifier training from
 the newest checkpoint. Units share nothing at run time, so they can run as separate processes here or as
 the pods of one Kubernetes Indexed Job (``lesionsynth experiment --unit-index N``).
+
+:func:`run_units` runs a list of units in a ``spawn`` process pool of ``config.workers`` processes, each
+with ``cores // workers`` torch threads, so N units never oversubscribe the machine. A unit that crashes
+(or runs out of memory) takes only its own process down: the others finish, the failure is reported
+with the unit's name, and a rerun resumes it while skipping every finished unit.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 from models.artifacts import atomic_write_json
@@ -23,8 +30,9 @@ from models.classifier.folder import load_classifier
 from models.classifier.predict import predict_rows
 from models.classifier.train import ClassifierTrainSettings, train_classifier
 from models.data.manifest import load_manifest
-from models.errors import ConfigError
+from models.errors import ConfigError, LesionsynthError
 from models.experiment.config import ExperimentConfig
+from models.progress import tqdm
 
 SCORES = "test_scores.json"
 IDENTITY = "units.json"
@@ -95,6 +103,55 @@ def run_unit(config: ExperimentConfig, manifest: Path, unit: Unit, progress: boo
     }
     atomic_write_json(folder / SCORES, result)
     return result
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_units(config: ExperimentConfig, manifest: Path, units: list[Unit], progress: bool = True) -> None:
+    """Run the unfinished ``units`` on ``manifest``, ``config.workers`` at a time; raise naming every
+    unit that failed (after the others finished)."""
+    todo = [u for u in units if not u.is_done(config.out)]
+    if not todo:
+        return
+    workers = min(config.workers, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    failures: list[str] = []
+    bar = tqdm(
+        total=len(units),
+        initial=len(units) - len(todo),
+        desc="experiment units",
+        unit="unit",
+        disable=not progress,
+    )
+    if workers == 1:
+        for unit in todo:
+            try:
+                run_unit(config, manifest, unit)
+            except Exception as exc:  # noqa: BLE001  (reported below with the unit's name)
+                failures.append(f"{unit.name}: {type(exc).__name__}: {exc}")
+            bar.update(1)
+    else:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(run_unit, config, manifest, u): u for u in todo}
+            for future in as_completed(futures):
+                try:
+                    future.result()
+                except Exception as exc:  # noqa: BLE001  (includes a worker killed by the OOM killer)
+                    failures.append(f"{futures[future].name}: {type(exc).__name__}: {exc}")
+                bar.update(1)
+    bar.close()
+    if failures:
+        raise LesionsynthError(
+            f"{len(failures)} of {len(todo)} units failed (rerun to resume them; finished units are kept):\n"
+            + "\n".join(f"  - {f}" for f in failures)
+        )
 
 
 def units_identity(config: ExperimentConfig, split_manifest: Path) -> dict:

@@ -1,8 +1,8 @@
 """Executors: how a job's process is started, watched and stopped.
 
 The scheduler only ever talks to the small :class:`Executor` protocol, so where jobs run is pluggable:
-:class:`LocalProcessExecutor` runs each job as a child process of the service; a Kubernetes executor
-(deployment issue) can create a Job per job with the same worker command. Whatever the executor, the job's
+:class:`LocalProcessExecutor` runs each job as a child process of the service; the Kubernetes executor
+(services/training/k8s/) creates a Job per job. Whatever the executor, the job's
 own process records its progress and its end in the job database (services/training/worker.py); the
 executor only reports how the process ended, which the scheduler uses when the job could not say so
 itself (killed, out of memory, crashed interpreter).
@@ -202,13 +202,7 @@ class LocalProcessExecutor:
             time.sleep(0.05)
 
     def read_log(self, job_id: str, tail_bytes: int = 65536) -> str:
-        try:
-            with open(self.log_path(job_id), "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - max(0, tail_bytes)))
-                return fh.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_tail(self.log_path(job_id), tail_bytes)
 
     @staticmethod
     def _signal_group(pgid: int, sig: int) -> None:
@@ -216,10 +210,26 @@ class LocalProcessExecutor:
             os.killpg(pgid, sig)
 
 
+def note_line(text: str) -> str:
+    """A line from an executor in a job's log file, as every executor writes it (timestamped, framed)."""
+    return f"=== {datetime.now(UTC).isoformat(timespec='seconds')} {text} ===\n"
+
+
+def read_tail(path: Path, tail_bytes: int) -> str:
+    """The last ``tail_bytes`` of a job's log file ("" when it does not exist yet)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - max(0, tail_bytes)))
+            return fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def _note(log: IO[bytes], text: str) -> None:
     """A line from the executor in the job's log (the process writes to the same file, O_APPEND)."""
     with contextlib.suppress(OSError, ValueError):
-        log.write(f"=== {datetime.now(UTC).isoformat(timespec='seconds')} {text} ===\n".encode())
+        log.write(note_line(text).encode())
         log.flush()
 
 

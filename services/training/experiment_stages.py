@@ -1,9 +1,9 @@
 """The pod side of the Kubernetes executor: run a job, or one stage of an experiment, in a Job's pod.
 
-    python -m services.training.experiment_stages --stage job|prepare|unit|aggregate --job ID \\
+    python -m services.training.experiment_stages --stage job|prepare|unit|series|aggregate --job ID \\
         --state-dir DIR --store ROOT --output-root ROOT [--unit-index N]
 
-A pod of a Kubernetes Job (services/training/k8s_executor.py) cannot use the service's job database: it
+A pod of a Kubernetes Job (services/training/k8s/, docs/kubernetes-executor.md) cannot use the service's job database: it
 lives on the service's ReadWriteOnce volume (docs/deploy_conventions.md), and SQLite must not be shared
 across nodes anyway. So a pod talks to the service through files in the job's *state folder* on the
 shared outputs volume (ReadWriteMany), ``<output_root>/.lesionsynth-jobs/<job id>/``:
@@ -11,8 +11,8 @@ shared outputs volume (ReadWriteMany), ``<output_root>/.lesionsynth-jobs/<job id
 - ``spec.json``      written by the service before it creates the Job: the job's id, type and parameters;
 - ``work/``          the job's checkpoints (its ``JobContext.work_dir``), kept across attempts: a rerun resumes;
 - ``progress.json``  the current tqdm bar ``{"desc", "n", "total"}`` (models.progress.JsonFileSink; stages
-                     job, prepare, aggregate), which the executor copies into the job record while it polls;
-- ``prepared.json``  the experiment's prepared data (written by ``prepare``, read by ``unit`` and ``aggregate``);
+                     job, prepare, series, aggregate), which the executor copies into the job record while it polls;
+- ``prepared.json``  the experiment's prepared data (written by ``prepare``, read by the later stages);
 - ``result.json``    ``{"result": ...}`` of a successful job (stage ``job`` or ``aggregate``), which the
                      executor records as the job's result.
 
@@ -20,17 +20,20 @@ A failure is one line, the same as the local worker's (a user error's own messag
 <ExcType> (see the job log)`` with the traceback in the log), written to the container's termination
 message (``/dev/termination-log``), where the executor reads it from the pod's status; the exit code is 1.
 
-Stages (an experiment is prepare, then N independent units, then aggregate; models/experiment):
+Stages (an experiment is prepare, then N independent units, then the checkpoint series when its config
+has one, then aggregate; models/experiment):
 
 - ``job``: any job type, ``JOB_TYPES[type].run(params, ctx)``, as the local worker runs it.
 - ``prepare``: ``models.experiment.prepare``: the split, the synthesizer, the balanced manifest.
 - ``unit``: unit ``N`` = ``all_units(config)[N]`` (strategy-major: ``N = strategy_index * n_seeds +
   seed_index``), N from ``--unit-index`` or ``$JOB_COMPLETION_INDEX`` (set by Kubernetes in each pod of an
   Indexed Job). It writes ``<output_root>/<job id>/units/<strategy>/seed-<seed>/test_scores.json``.
+- ``series``: ``run_series`` (models/experiment/series.py): trains the snapshot synthesizer, balances and
+  runs the series' units, measures fidelity; writes ``<output_root>/<job id>/series.json``.
 - ``aggregate``: ``aggregate_units`` reads every unit's ``test_scores.json`` from that same shared folder
-  (and runs the checkpoint series, if the config has one); writes report.md, results.json, roc.png.
+  (and series.json); it trains nothing. Writes report.md, results.json, roc.png.
 
-Every stage is safe to run again: prepare and units reuse what they finished, so a restarted attempt
+Every stage is safe to run again: prepare, units and series reuse what they finished, so a restarted attempt
 continues where the last one stopped.
 """
 
@@ -51,7 +54,7 @@ from models.progress import JsonFileSink, read_progress_file
 
 log = logging.getLogger("lesionsynth.stage")
 
-STAGES = ("job", "prepare", "unit", "aggregate")
+STAGES = ("job", "prepare", "unit", "series", "aggregate")
 #: Under the output root: one state folder per job (the id is a uuid hex, so no clash with job outputs).
 STATE_DIR_NAME = ".lesionsynth-jobs"
 SPEC = "spec.json"
@@ -139,9 +142,15 @@ def experiment_config(params: dict, output_dir: Path):
 
 def unit_names(params: dict, output_root: Path, job_id: str) -> list[str]:
     """Index i of the experiment's Indexed Job runs the i-th of these units (strategy-major order)."""
+    return experiment_plan(params, output_root, job_id)[0]
+
+
+def experiment_plan(params: dict, output_root: Path, job_id: str) -> tuple[list[str], bool]:
+    """(the unit names in Indexed-Job order, whether the config asks for a checkpoint series stage)."""
     from models.experiment.units import all_units
 
-    return [u.name for u in all_units(experiment_config(params, Path(output_root) / job_id))]
+    config = experiment_config(params, Path(output_root) / job_id)
+    return [u.name for u in all_units(config)], bool(config.series)
 
 
 def experiment_summary(config, results: dict) -> dict:
@@ -220,10 +229,15 @@ def run_stage(stage: str, spec: dict, ctx, folder: Path, index: int | None = Non
             raise type(exc)(f"unit {unit.name}: {exc}") from exc
         log.info("unit %s done", unit.name)
         return None
-    if stage == "aggregate":
-        from models.experiment.runner import aggregate_units
+    if stage == "series":
+        from models.experiment.series import run_series
 
-        results = aggregate_units(config, _prepared(folder), run_missing=True, progress=False)
+        run_series(config, _prepared(folder), progress=False)
+        return None
+    if stage == "aggregate":
+        from models.experiment.aggregate import aggregate_units
+
+        results = aggregate_units(config, _prepared(folder))
         result = experiment_summary(config, results)
         _write_json(folder / RESULT, {"result": result})
         return result

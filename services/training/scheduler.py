@@ -12,6 +12,10 @@ any process still left from a previous service and calls ``recover_after_restart
 were running are queued again (they continue from their checkpoints), others are marked interrupted.
 :meth:`JobScheduler.stop` stops the running job processes but leaves them "running" in the database, so
 the next start resumes them: a service restart loses no job.
+
+:func:`build_scheduler` is the one way to make the service's scheduler: the job database under
+``jobs_dir`` and the executor ``LESIONSYNTH_EXECUTOR`` names (local processes, or Kubernetes Jobs:
+services/training/k8s/, imported only then).
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from models.errors import ConfigError
 from models.jobs import JOB_TYPES, JobRoots, job_type
 from services.training.executor import Executor, LocalProcessExecutor, exit_reason
 from services.training.jobstore import JobRecord, JobStore
+
+if TYPE_CHECKING:
+    from services.training.settings import KubernetesSettings
 
 log = logging.getLogger("lesionsynth.training")
 
@@ -106,13 +114,10 @@ class JobScheduler:
         max_concurrent: int = 1,
         **kwargs,
     ) -> JobScheduler:
-        """The usual setup: ``data_dir/jobs.db``, ``data_dir/<id>/`` per job, local job processes."""
-        data_dir = Path(data_dir)
-        store = JobStore(data_dir / DB_NAME)
-        executor = LocalProcessExecutor(
-            data_dir, db_path=store.db_path, store_root=model_store, output_root=roots.output_root
-        )
-        return cls(store, executor, max_concurrent, roots=roots, **kwargs)
+        """:func:`build_scheduler` for local job processes, from paths instead of the service's settings:
+        ``data_dir/jobs.db``, ``data_dir/<id>/`` per job (tests, scripts)."""
+        paths = LocalPaths(Path(data_dir), Path(model_store), roots.output_root, max_concurrent)
+        return build_scheduler(paths, roots, **kwargs)
 
     # -- the API ----------------------------------------------------------------------------------
 
@@ -268,3 +273,48 @@ class JobScheduler:
     @property
     def running_jobs(self) -> list[str]:
         return list(self._running)
+
+
+class SchedulerSettings(Protocol):
+    """What :func:`build_scheduler` reads: ``TrainingSettings`` (the service) or :class:`LocalPaths`."""
+
+    jobs_dir: Path
+    model_store: Path
+    output_root: Path
+    max_concurrent_jobs: int
+    executor: str
+    kubernetes: KubernetesSettings | None
+
+
+@dataclass(frozen=True)
+class LocalPaths:
+    """The settings of a scheduler with local job processes, given as paths (:meth:`JobScheduler.local`)."""
+
+    jobs_dir: Path
+    model_store: Path
+    output_root: Path
+    max_concurrent_jobs: int = 1
+    executor: str = "local"
+    kubernetes: None = None
+
+
+def build_executor(settings: SchedulerSettings, store: JobStore) -> Executor:
+    """The executor ``settings.executor`` names: local processes, or Kubernetes Jobs."""
+    if settings.executor == "kubernetes":
+        from services.training.k8s import KubernetesExecutor
+
+        return KubernetesExecutor.from_settings(settings, store)  # type: ignore[arg-type]
+    return LocalProcessExecutor(
+        settings.jobs_dir,
+        db_path=store.db_path,
+        store_root=settings.model_store,
+        output_root=settings.output_root,
+    )
+
+
+def build_scheduler(settings: SchedulerSettings, roots: JobRoots, **kwargs) -> JobScheduler:
+    """The scheduler: ``jobs_dir/jobs.db`` and the executor the settings choose (``kwargs``: the
+    :class:`JobScheduler` options, e.g. ``poll_seconds``, ``max_attempts``)."""
+    store = JobStore(Path(settings.jobs_dir) / DB_NAME)
+    executor = build_executor(settings, store)
+    return JobScheduler(store, executor, settings.max_concurrent_jobs, roots=roots, **kwargs)

@@ -18,7 +18,7 @@ DEFAULT_NAMESPACE = "lesionsynth"
 
 @dataclass(frozen=True)
 class KubernetesSettings:
-    """``LESIONSYNTH_EXECUTOR=kubernetes``: each job is a batch/v1 Job (services/training/k8s_executor.py).
+    """``LESIONSYNTH_EXECUTOR=kubernetes``: each job is a batch/v1 Job (services/training/k8s/).
 
     The Job pods mount the PVCs named here at the paths the service itself uses (its model store, output
     root and first data root), so every absolute path in a job's parameters means the same in the pod.
