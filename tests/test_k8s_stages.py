@@ -60,6 +60,38 @@ def test_a_tiny_experiment_through_prepare_indexed_units_and_aggregate(
     assert json.loads((folder / "prepared.json").read_text())["manifest"] == str(demo_manifest)
 
 
+@pytest.mark.timeout(600)
+def test_the_checkpoint_series_runs_in_its_own_pod_and_the_aggregate_only_reads_it(
+    tmp_path, store, demo_manifest, monkeypatch
+):
+    """A config with a series: prepare, units, series (trains the snapshots, runs their units, writes
+    series.json), then aggregate, whose results hold the series the series pod wrote."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cluster = RunningCluster(tmp_path, monkeypatch)
+    executor = executor_for(cluster, store, tmp_path, datasets_root=demo_manifest.parent)
+    scheduler = scheduler_for(executor, tmp_path)
+    params = tiny_experiment(
+        demo_manifest,
+        strategies=["none", "synthetic"],
+        seeds=[0],
+        synthesizer={"resolution": 32, "preset": "tiny", "max_steps": 8, "batch_size": 4},
+        balance={"count": "parity", "steps": 3},
+        series={"snapshots": [4, 8], "seeds": [0]},
+    )
+    job = submit(store, "experiment", params)
+    for _ in range(6):
+        scheduler.tick()
+    base = f"lesionsynth-job-{job.id[:12]}"
+    assert cluster.created() == [f"{base}-{s}" for s in ("prepare", "units", "series", "aggregate")]
+    record = store.get(job.id)
+    assert record.state == "succeeded", (record.error, executor.read_log(job.id))
+    out = tmp_path / "outputs" / job.id
+    series = json.loads((out / "series.json").read_text())
+    assert list(series["steps"]) == ["4", "8"]
+    assert json.loads((out / "results.json").read_text())["series"] == series
+    assert (out / "series" / "synthesizer" / "snapshots" / "step-000008" / "model_card.json").is_file()
+
+
 def test_stage_failures_are_one_line_termination_messages(tmp_path, store, demo_manifest, monkeypatch):
     """Aggregating before the units ran, and a unit index out of range, fail with the reason (fast)."""
     cluster = RunningCluster(tmp_path, monkeypatch)
