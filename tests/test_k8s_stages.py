@@ -1,7 +1,7 @@
 """The pod side of the Kubernetes executor (services/training/experiment_stages.py), for real: a fake
 cluster that runs each created pod's command in-process (tests/k8s_fake.py ``RunningCluster``) takes a
-tiny experiment through prepare, an Indexed units Job and aggregate; stage failures are one-line
-termination messages.
+tiny experiment through prepare, an Indexed units Job, the checkpoint series' own Job and aggregate;
+stage failures are one-line termination messages.
 """
 
 from __future__ import annotations
