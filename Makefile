@@ -42,12 +42,12 @@ $(TRITON_STAMP): $(TRITON_REQS)
 # Two pytest workers, one torch thread each: the machine has 2 cores and many tests are small.
 # The Triton tests run a real Triton server (PyTriton) from its own venv: test needs triton-env.
 test: setup triton-env
-	$(VENV)/bin/ruff check models services tests loadtests
+	$(VENV)/bin/ruff check lesionsynth models services tests loadtests
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q
 
 lint: setup
-	$(VENV)/bin/ruff format --check models services tests loadtests
-	$(VENV)/bin/ruff check models services tests loadtests
+	$(VENV)/bin/ruff format --check lesionsynth models services tests loadtests
+	$(VENV)/bin/ruff check lesionsynth models services tests loadtests
 
 # End to end on procedurally generated (non-medical) demo data: make data, split it, train a small
 # synthesizer (1000 steps at 32 px, ~2 min on 2 cores), paint lesions into a few normal images, draw

@@ -29,6 +29,7 @@ import numpy as np
 
 from models.acceptance import AcceptanceFilter
 from models.artifacts import atomic_write_bytes, atomic_write_json
+from models.balance_settings import BalanceSettings
 from models.data.images import encode_png
 from models.data.manifest import Manifest, Row, load_manifest
 from models.diffusion.inpaint import DEFAULTS, LesionInpainter, check_seed
@@ -38,34 +39,6 @@ from models.progress import tqdm
 log = logging.getLogger(__name__)
 
 SYNTHETIC_COLUMNS = ("synthetic", "source_image", "seed", "model_version")
-
-
-@dataclass
-class BalanceSettings:
-    manifest: Path
-    model: Path | None
-    normal_label: str
-    lesion_label: str
-    count: int
-    out: Path
-    seed: int = 0
-    steps: int | None = None
-    strength: float | None = None
-    eta: float | None = None
-    resample: int | None = None
-    guidance: float | None = None
-    batch_size: int = 8
-    progress: bool = True
-    #: Only normal rows whose ``role`` column is one of these are converted (None: every normal train row).
-    source_roles: tuple[str, ...] | None = None
-    #: "add": the synthetic images join the real rows; "replace": the converted normal rows are marked
-    #: ``converted = 1`` and the synthetic strategies leave them out (paper 000's design).
-    mode: str = "add"
-    #: An acceptance filter folder (models.acceptance): up to ``count * max_tries`` candidates are made and
-    #: the first ``count`` whose region it scores >= ``accept_threshold`` are kept.
-    acceptance_filter: Path | None = None
-    accept_threshold: float = 0.5
-    max_tries: int = 4
 
 
 @dataclass(frozen=True)
@@ -240,15 +213,7 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
     ``inpainter``: anything with ``model_version`` and ``inpaint_batch`` (e.g. the synthesis service's
     ``services.client.remote_inpainter.RemoteInpainter``); default: ``s.model`` loaded in this process.
     """
-    if s.count < 1:
-        raise ConfigError("--count must be >= 1")
-    if s.normal_label == s.lesion_label:
-        raise ConfigError("--normal-label and --lesion-label must differ")
-    if s.acceptance_filter is not None and not 1 <= s.max_tries <= 100:
-        raise ConfigError(f"max_tries must be in [1, 100], not {s.max_tries}")
-    if s.mode not in ("add", "replace"):
-        raise ConfigError(f"balance mode must be 'add' or 'replace', not {s.mode!r}")
-    DEFAULTS.with_overrides(
+    DEFAULTS.with_overrides(  # each setting was checked when ``s`` was built; together here
         steps=s.steps, strength=s.strength, eta=s.eta, resample=s.resample, guidance=s.guidance
     )
     check_seed(s.seed)

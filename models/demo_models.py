@@ -36,7 +36,6 @@ def ensure_demo_models(store_root: str | Path, work: str | Path, progress: bool 
     """Train and publish whatever kind the store lacks; return {kind: version} of the store's latest."""
     store, work = ModelStore(store_root), Path(work)
     if store.latest("synthesizer") is None:
-        from models.diffusion.config import SynthesizerConfig
         from models.diffusion.train import TrainSettings, train_synthesizer
 
         log.info("training the demo synthesizer (32 px, 1000 steps)")
@@ -46,7 +45,8 @@ def ensure_demo_models(store_root: str | Path, work: str | Path, progress: bool 
                 manifest=demo_manifest(work),
                 lesion_label="lesion",
                 out=out,
-                config=SynthesizerConfig(resolution=32, preset="small"),
+                resolution=32,
+                preset="small",
                 max_steps=1000,
                 batch_size=8,
                 checkpoint_every=250,
@@ -56,7 +56,6 @@ def ensure_demo_models(store_root: str | Path, work: str | Path, progress: bool 
         )
         store.publish("synthesizer", out)
     if store.latest("classifier") is None:
-        from models.classifier.config import ClassifierConfig
         from models.classifier.train import ClassifierTrainSettings, train_classifier
 
         log.info("training the demo classifier (ResNet-18, 64 px)")
@@ -66,7 +65,8 @@ def ensure_demo_models(store_root: str | Path, work: str | Path, progress: bool 
                 manifest=demo_manifest(work),
                 positive_label="lesion",
                 out=out,
-                config=ClassifierConfig("resnet18", 64),
+                arch="resnet18",
+                image_size=64,
                 epochs=4,
                 batch_size=16,
                 resume=(out / "checkpoints").is_dir(),

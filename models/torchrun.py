@@ -37,7 +37,7 @@ class DataParallelRunFailed(LesionsynthError):
     """torchrun ended with a non-zero status."""
 
 
-def torchrun_command(nproc: int, args: list[str], module: str = "models.cli") -> list[str]:
+def torchrun_command(nproc: int, args: list[str], module: str) -> list[str]:
     """``python -m torch.distributed.run ... -m <module> <args>``: ``nproc`` ranks on this node."""
     return [
         sys.executable,
@@ -79,7 +79,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def run_data_parallel(nproc: int, args: list[str], progress_file: Path, module: str = "models.cli") -> None:
+def run_data_parallel(nproc: int, args: list[str], progress_file: Path, module: str) -> None:
     """Run ``python -m <module> <args> --progress-file <progress_file>`` on ``nproc`` ranks (the module
     prints a user error as one ``error: ...`` line); raise :class:`DataParallelRunFailed` with the ranks'
     error when it fails."""

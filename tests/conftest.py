@@ -39,14 +39,14 @@ def experiment_yaml(tmp_path: Path, manifest: Path, **keys) -> Path:
 
 
 def tiny_settings(manifest: Path, out: Path, **overrides):
-    from models.diffusion.config import SynthesizerConfig
     from models.diffusion.train import TrainSettings
 
     values = dict(
         manifest=manifest,
         lesion_label="lesion",
         out=out,
-        config=SynthesizerConfig(resolution=32, preset="tiny"),
+        resolution=32,
+        preset="tiny",
         max_steps=TINY_STEPS,
         batch_size=4,
         checkpoint_every=8,
@@ -112,7 +112,6 @@ def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory, demo_manifest) -> Path:
     """A ResNet-18 at 32 px trained for one epoch on the demo data (a real folder with a threshold)."""
-    from models.classifier.config import ClassifierConfig
     from models.classifier.train import ClassifierTrainSettings, train_classifier
 
     out = tmp_path_factory.mktemp("clf") / "model"
@@ -121,7 +120,8 @@ def tiny_classifier(tmp_path_factory, demo_manifest) -> Path:
             manifest=demo_manifest,
             positive_label="lesion",
             out=out,
-            config=ClassifierConfig("resnet18", 32),
+            arch="resnet18",
+            image_size=32,
             epochs=1,
             batch_size=16,
             progress=False,

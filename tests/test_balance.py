@@ -9,7 +9,7 @@ from PIL import Image
 import models.balance as balance_module
 from models.balance import BalanceSettings, balance_dataset
 from models.data.manifest import load_manifest
-from models.errors import ConfigError
+from models.errors import ConfigError, ParameterError
 
 
 def settings(demo_manifest, model, out, **overrides):
@@ -108,9 +108,9 @@ def test_count_above_available_normals_reuses_sources_with_new_seeds(tmp_path, d
 
 def test_bad_balance_settings(tmp_path, demo_manifest, tiny_synth):
     with pytest.raises(ConfigError, match="must differ"):
-        balance_dataset(settings(demo_manifest, tiny_synth, tmp_path / "x", normal_label="lesion"))
-    with pytest.raises(ConfigError, match="count"):
-        balance_dataset(settings(demo_manifest, tiny_synth, tmp_path / "x", count=0))
+        settings(demo_manifest, tiny_synth, tmp_path / "x", normal_label="lesion")
+    with pytest.raises(ParameterError, match=r"count must be in \[1, 1000000\], got 0"):
+        settings(demo_manifest, tiny_synth, tmp_path / "x", count=0)
     with pytest.raises(ConfigError, match="'nevus' does not occur"):
         balance_dataset(settings(demo_manifest, tiny_synth, tmp_path / "x", normal_label="nevus"))
     with pytest.raises(ConfigError, match="new folder"):

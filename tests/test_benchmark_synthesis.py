@@ -53,13 +53,11 @@ def test_benchmark_reports_calls_times_and_quality(tmp_path, tiny_synth, demo_ma
 
 def test_design_choices_measurement_runs(tmp_path, tiny_synth, demo_manifest):
     from loadtests.benchmarks import design_choices
-    from models.diffusion.config import SynthesizerConfig
     from models.diffusion.train import train_synthesizer
     from tests.conftest import tiny_settings
 
     cond = tmp_path / "cond"
-    config = SynthesizerConfig(resolution=32, preset="tiny", mask_conditioning=True)
-    train_synthesizer(tiny_settings(demo_manifest, cond, config=config, max_steps=8))
+    train_synthesizer(tiny_settings(demo_manifest, cond, mask_conditioning=True, max_steps=8))
     result = design_choices.main(
         [
             "--uncond",

@@ -50,7 +50,9 @@ def conditional_synth(tmp_path_factory):
         tiny_settings(
             manifest,
             out,
-            config=SynthesizerConfig(resolution=SIZE, preset="tiny", num_classes=2, margin=0.1),
+            resolution=SIZE,
+            num_classes=2,
+            margin=0.1,
             normal_label="normal",
             label_dropout=0.2,
             max_steps=400,
@@ -130,16 +132,14 @@ def test_conditional_settings_errors(tmp_path, demo_manifest, tiny_synth):
     conditional = SynthesizerConfig(resolution=32, preset="tiny", num_classes=2)
     assert build_unet(conditional).config.num_class_embeds == 3
     assert build_unet(SynthesizerConfig(resolution=32, preset="tiny")).config.num_class_embeds is None
-    with pytest.raises(ConfigError, match="num_classes must be 0"):
+    with pytest.raises(ParameterError, match="num_classes must be one of 0, 2, got 3"):
         SynthesizerConfig(num_classes=3)
     with pytest.raises(ConfigError, match="needs --normal-label"):
-        train_synthesizer(tiny_settings(demo_manifest, tmp_path / "a", config=conditional))
+        tiny_settings(demo_manifest, tmp_path / "a", num_classes=2)
+    with pytest.raises(ParameterError, match=r"label_dropout must be in \(0, 1\], got 0.0"):
+        tiny_settings(demo_manifest, tmp_path / "b", num_classes=2, normal_label="normal", label_dropout=0.0)
     with pytest.raises(ConfigError, match="label-dropout must be in"):
-        train_synthesizer(
-            tiny_settings(
-                demo_manifest, tmp_path / "b", config=conditional, normal_label="normal", label_dropout=0.0
-            )
-        )
+        tiny_settings(demo_manifest, tmp_path / "b", num_classes=2, normal_label="normal", label_dropout=1.0)
     # An unconditional synthesizer (every existing folder) refuses guidance instead of ignoring it.
     inpainter = LesionInpainter.from_pretrained(tiny_synth, device="cpu")
     row = load_manifest(demo_manifest).rows_in("train", "normal")[0]

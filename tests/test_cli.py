@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from models.cli import app
+from lesionsynth.cli import app
 from models.data.images import encode_png
 
 runner = CliRunner()
@@ -151,7 +151,7 @@ def test_synthesize_errors_write_nothing(tmp_path, pair, tiny_synth, case, needl
 
 def test_console_script_entry_point(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "models.cli", "data", "check", "--manifest", tmp_path / "absent.csv"],
+        [sys.executable, "-m", "lesionsynth.cli", "data", "check", "--manifest", tmp_path / "absent.csv"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -49,7 +49,12 @@ def cli_args(manifest: Path, out: Path, max_steps: int, *extra: str) -> list[str
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     env = torchrun_env(nproc, {**os.environ, "OMP_NUM_THREADS": str(nproc)})
     return subprocess.run(
-        torchrun_command(nproc, args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        torchrun_command(nproc, args, "lesionsynth.cli"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -149,10 +154,10 @@ def test_data_parallel_context_from_the_torchrun_environment():
 
 
 def test_torchrun_command_runs_this_interpreter():
-    command = torchrun_command(3, ["train-synthesizer"])
+    command = torchrun_command(3, ["train-synthesizer"], "lesionsynth.cli")
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=3" in command and "--max-restarts=0" in command
-    assert command[-3:] == ["-m", "models.cli", "train-synthesizer"]
+    assert command[-3:] == ["-m", "lesionsynth.cli", "train-synthesizer"]
 
 
 def test_cancelling_a_data_parallel_job_stops_every_rank(demo_manifest, tmp_path):
@@ -219,7 +224,7 @@ def test_a_killed_job_process_leaves_no_rank_behind(demo_manifest, tmp_path):
     progress_file = tmp_path / "progress.json"
     script = (
         "import sys; from models.torchrun import run_data_parallel; "
-        "run_data_parallel(2, sys.argv[1:], sys.argv[0])"
+        "run_data_parallel(2, sys.argv[1:], sys.argv[0], 'lesionsynth.cli')"
     )
     args = cli_args(demo_manifest, tmp_path / "model", 1_000_000)
     job = subprocess.Popen(

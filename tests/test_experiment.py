@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from models.cli import app
-from models.errors import ConfigError
+from lesionsynth.cli import app
+from models.errors import ConfigError, ParameterError
 from models.experiment.aggregate import aggregate
 from models.experiment.config import load_config
 from models.experiment.runner import run_experiment
@@ -113,8 +113,15 @@ def test_config_errors(tmp_path, demo_manifest, tiny_synth):
         load_config(write_config(tmp_path, demo_manifest, tiny_synth, strategies=["synthetic"]))
     with pytest.raises(ConfigError, match="unknown strategies"):
         load_config(write_config(tmp_path, demo_manifest, tiny_synth, strategies=["none", "smote"]))
-    with pytest.raises(ConfigError, match="unknown --arch"):
+    with pytest.raises(ParameterError, match="classifier.arch must be one of resnet18, resnet34"):
         load_config(write_config(tmp_path, demo_manifest, tiny_synth, classifier={"arch": "vgg"}))
+    # section keys are the recipes' parameters: a typo or an out-of-range value fails at load time
+    with pytest.raises(ConfigError, match="unknown key.s. in classifier: epoch;"):
+        load_config(write_config(tmp_path, demo_manifest, tiny_synth, classifier={"epoch": 3}))
+    with pytest.raises(ConfigError, match="unknown key.s. in synthesizer: max_step;"):
+        load_config(write_config(tmp_path, demo_manifest, tiny_synth, synthesizer={"max_step": 3}))
+    with pytest.raises(ParameterError, match=r"synthesizer.batch_size must be in \[1, 1024\], got 0"):
+        load_config(write_config(tmp_path, demo_manifest, tiny_synth, synthesizer={"batch_size": 0}))
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     units = all_units(load_config(write_config(tmp_path, demo_manifest, tiny_synth)))

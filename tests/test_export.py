@@ -96,8 +96,8 @@ def test_export_serving_cli_publishes_a_folder_the_classifier_service_loads(
 ):
     from typer.testing import CliRunner
 
+    from lesionsynth.cli import app
     from models.classifier.screening import OnnxRuntimeBackend, ScreeningModel
-    from models.cli import app
     from models.store import ModelStore
 
     out, store = tmp_path / "serving", tmp_path / "store"

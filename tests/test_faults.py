@@ -167,10 +167,10 @@ def test_a_write_error_while_publishing_leaves_no_partial_model(tmp_path, tiny_s
 
 def test_a_write_error_during_training_fails_clearly_without_a_partial_model(tmp_path, demo_manifest):
     out = tmp_path / "model"
-    cli = [sys.executable, "-m", "models.cli", "train-synthesizer", "--manifest", str(demo_manifest)]
+    cli = [sys.executable, "-m", "lesionsynth.cli", "train-synthesizer", "--manifest", str(demo_manifest)]
     cli += ["--lesion-label", "lesion", "--out", str(out), "--resolution", "32", "--preset", "tiny"]
     cli += ["--max-steps", "4", "--batch-size", "2"]
-    code = f"import sys, runpy\nsys.argv = {cli[2:]!r}\nsys.argv[0] = 'lesionsynth'\nrunpy.run_module('models.cli', run_name='__main__')\n"
+    code = f"import sys, runpy\nsys.argv = {cli[2:]!r}\nsys.argv[0] = 'lesionsynth'\nrunpy.run_module('lesionsynth.cli', run_name='__main__')\n"
     result = run_with_file_size_limit(code, 50_000)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "cannot write" in result.stderr and "file too large" in result.stderr, result.stderr[-2000:]

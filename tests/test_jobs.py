@@ -93,10 +93,10 @@ def test_valid_params_are_normalised(roots, demo_manifest):
         ("train-synthesizer", {"max_steps": 10.0}, r"params.max_steps must be an integer"),
         ("train-synthesizer", {"batch_size": 0}, r"params.batch_size must be in \[1, 1024\]"),
         ("train-synthesizer", {"preset": "huge"}, r"params.preset must be one of tiny, small, base"),
-        ("train-synthesizer", {"learning_rate": 0}, r"params.learning_rate must be in \(0.0, 1.0\]"),
+        ("train-synthesizer", {"learning_rate": 0}, r"params.learning_rate must be in \(0, 1\], got 0"),
         ("train-synthesizer", {"lesion_label": None}, r"params.lesion_label is required"),
         ("train-synthesizer", {"device": "tpu"}, r"params.device must be 'cpu', 'cuda'"),
-        ("train-synthesizer", {"seed": -1}, r"params.seed must be in \[0, 9223372036854775807\]"),
+        ("train-synthesizer", {"seed": -1}, r"params.seed must be in \[0, 2\^63 - 1\], got -1"),
         ("train-synthesizer", {"num_classes": 1}, r"params.num_classes must be one of 0, 2"),
         ("train-synthesizer", {"num_classes": 2}, r"params.normal_label is required"),
         (
@@ -197,19 +197,6 @@ def test_experiment_params(roots, demo_manifest):
         validate("experiment", {"config": {**config, "split": {"file": "/etc/passwd", **roles}}}, roots)
     with pytest.raises(ParameterError, match=r"params.config.split.file: no such file: roles.csv"):
         validate("experiment", {"config": {**config, "split": {"file": "roles.csv", **roles}}}, roots)
-
-
-def test_light_copies_of_model_constants_match_the_models():
-    """The job modules repeat a few choices so validation needs no torch; they must not drift."""
-    from models.classifier.balancing import STRATEGIES
-    from models.classifier.config import ARCHS
-    from models.diffusion.config import PRESETS, RESOLUTIONS
-    from models.diffusion.inpaint import MAX_RESAMPLE, MAX_SEED, MAX_STEPS
-    from models.jobs import balance, params, train_classifier, train_synthesizer
-
-    assert train_synthesizer.RESOLUTIONS == RESOLUTIONS and tuple(PRESETS) == train_synthesizer.PRESETS
-    assert train_classifier.ARCHS == ARCHS and train_classifier.STRATEGIES == STRATEGIES
-    assert (balance.MAX_STEPS, balance.MAX_RESAMPLE, params.MAX_SEED) == (MAX_STEPS, MAX_RESAMPLE, MAX_SEED)
 
 
 def test_importing_the_jobs_does_not_load_torch():

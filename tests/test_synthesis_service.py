@@ -331,7 +331,7 @@ def test_balance_and_synthesize_remote_match_local(service, tiny_synth, demo_man
     """`lesionsynth balance --remote URL` paints the same images as the local run (within a grey level)."""
     from typer.testing import CliRunner
 
-    from models.cli import app
+    from lesionsynth.cli import app
     from models.data.manifest import load_manifest
 
     runner = CliRunner()

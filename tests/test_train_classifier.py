@@ -13,7 +13,7 @@ from models.classifier.config import ClassifierConfig
 from models.classifier.folder import load_classifier
 from models.classifier.train import ClassifierTrainSettings, train_classifier
 from models.data.manifest import load_manifest
-from models.errors import ConfigError
+from models.errors import ConfigError, ParameterError
 
 TINY = ClassifierConfig(arch="resnet18", image_size=32)
 
@@ -23,7 +23,7 @@ def settings(manifest, out, **overrides):
         manifest=manifest,
         positive_label="lesion",
         out=out,
-        config=TINY,
+        **TINY.to_dict(),
         epochs=2,
         batch_size=16,
         patience=5,
@@ -118,7 +118,7 @@ def test_errors(tmp_path, demo_manifest):
         train_classifier(settings(demo_manifest, tmp_path / "x", balance="synthetic"))
     with pytest.raises(ConfigError, match="'melanoma' does not occur"):
         train_classifier(settings(demo_manifest, tmp_path / "y", positive_label="melanoma"))
-    with pytest.raises(ConfigError, match="unknown --arch"):
+    with pytest.raises(ParameterError, match="arch must be one of resnet18, resnet34, resnet50, resnet101"):
         ClassifierConfig(arch="vgg16")
     train_classifier(settings(demo_manifest, tmp_path / "z", epochs=1))
     with pytest.raises(ConfigError, match="--resume"):

@@ -12,7 +12,7 @@ from models.data.manifest import load_manifest
 from models.diffusion.config import SynthesizerConfig
 from models.diffusion.folder import load_synthesizer
 from models.diffusion.train import train_synthesizer
-from models.errors import ConfigError
+from models.errors import ConfigError, ParameterError
 from tests.conftest import TINY_STEPS, tiny_settings
 
 
@@ -66,8 +66,7 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path, demo_manifest):
 
 def test_mask_conditioned_unet_has_four_inputs(tmp_path, demo_manifest):
     out = tmp_path / "cond"
-    config = SynthesizerConfig(resolution=32, preset="tiny", mask_conditioning=True)
-    train_synthesizer(tiny_settings(demo_manifest, out, config=config, max_steps=4))
+    train_synthesizer(tiny_settings(demo_manifest, out, mask_conditioning=True, max_steps=4))
     loaded = load_synthesizer(out)
     assert loaded.unet.config.in_channels == 4 and loaded.config.mask_conditioning
 
@@ -75,11 +74,11 @@ def test_mask_conditioned_unet_has_four_inputs(tmp_path, demo_manifest):
 def test_bad_settings(tmp_path, demo_manifest):
     with pytest.raises(ConfigError, match="label 'melanoma' does not occur"):
         train_synthesizer(tiny_settings(demo_manifest, tmp_path / "a", lesion_label="melanoma"))
-    with pytest.raises(ConfigError, match="max-steps"):
-        train_synthesizer(tiny_settings(demo_manifest, tmp_path / "b", max_steps=0))
-    with pytest.raises(ConfigError, match="resolution"):
+    with pytest.raises(ParameterError, match=r"max_steps must be in \[1, 10000000\], got 0"):
+        tiny_settings(demo_manifest, tmp_path / "b", max_steps=0)
+    with pytest.raises(ParameterError, match="resolution must be one of 32, 64, 96, 128, 256, got 48"):
         SynthesizerConfig(resolution=48)
-    with pytest.raises(ConfigError, match="unknown preset"):
+    with pytest.raises(ParameterError, match="preset must be one of tiny, small, base, got 'huge'"):
         SynthesizerConfig(preset="huge")
 
 

@@ -22,6 +22,7 @@ COPY deploy/docker/requirements/training-cpu.txt /tmp/requirements.txt
 # line adds the PyTorch CPU index, the only place the +cpu torch/torchvision wheels exist.
 RUN /app/.venv/bin/pip install --no-deps -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
+COPY lesionsynth ./lesionsynth
 COPY models ./models
 COPY services ./services
 # The app itself, then `pip check`: every declared dependency of every package (the app's included) is
@@ -70,6 +71,7 @@ ENV PATH=/app/.venv/bin:$PATH \
 WORKDIR /app
 COPY --from=builder /app/.venv /app/.venv
 COPY proto ./proto
+COPY lesionsynth ./lesionsynth
 COPY models ./models
 COPY services ./services
 # Bytecode compiled at build time: nothing needs to be written next to the sources at run time.

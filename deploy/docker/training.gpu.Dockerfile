@@ -30,6 +30,7 @@ COPY deploy/docker/requirements/training-gpu.txt /tmp/requirements.txt
 # The file is the whole environment (transitive pins included): --no-deps installs exactly it.
 RUN /app/.venv/bin/pip install --no-deps -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
+COPY lesionsynth ./lesionsynth
 COPY models ./models
 COPY services ./services
 # The app itself, then `pip check`: every declared dependency of every package (the app's included) is
@@ -79,6 +80,7 @@ WORKDIR /app
 COPY --from=builder /opt/python /opt/python
 COPY --from=builder /app/.venv /app/.venv
 COPY proto ./proto
+COPY lesionsynth ./lesionsynth
 COPY models ./models
 COPY services ./services
 # Bytecode compiled at build time: nothing needs to be written next to the sources at run time.

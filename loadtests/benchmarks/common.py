@@ -12,7 +12,6 @@ from models.artifacts import atomic_write_json, atomic_write_text
 from models.data.demo import write_demo_dataset
 from models.data.manifest import load_manifest
 from models.data.split import add_split
-from models.diffusion.config import SynthesizerConfig
 from models.diffusion.crops import LesionCrops
 from models.diffusion.train import TrainSettings, train_synthesizer
 
@@ -41,20 +40,14 @@ def ph2_synthesizer(mask_conditioning: bool) -> Path:
     """runs/ph2/synth-{uncond,cond}: the docs' PH2 synthesizers, trained (or resumed) when missing."""
     model = REPO / "runs" / "ph2" / ("synth-cond" if mask_conditioning else "synth-uncond")
     if not (model / "model_card.json").is_file():
-        settings = {k: v for k, v in PH2_SYNTH.items() if k not in ("resolution", "preset")}
-        config = SynthesizerConfig(
-            resolution=PH2_SYNTH["resolution"],
-            preset=PH2_SYNTH["preset"],
-            mask_conditioning=mask_conditioning,
-        )
         train_synthesizer(
             TrainSettings(
                 manifest=ph2_split_manifest(),
                 lesion_label="lesion",
                 out=model,
-                config=config,
+                mask_conditioning=mask_conditioning,
                 resume=True,
-                **settings,
+                **PH2_SYNTH,
             )
         )
     return model
@@ -84,7 +77,8 @@ def bootstrap_synthesizer(manifest: Path | None, model: Path | None) -> tuple[Pa
                 lesion_label="lesion",
                 out=model,
                 resume=True,
-                config=SynthesizerConfig(resolution=32, preset="tiny"),
+                resolution=32,
+                preset="tiny",
                 max_steps=300,
             )
         )

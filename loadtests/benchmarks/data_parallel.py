@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             one = Path(tmp) / f"single-{r}"
             card = run(
-                [sys.executable, "-m", "models.cli", *train_args(manifest, one, args.steps, args.batch)],
+                [sys.executable, "-m", "lesionsynth.cli", *train_args(manifest, one, args.steps, args.batch)],
                 cores,
                 one,
             )
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             many = Path(tmp) / f"ddp-{r}"
             per = args.batch // args.processes
             card = run(
-                torchrun_command(args.processes, train_args(manifest, many, args.steps, per)),
+                torchrun_command(
+                    args.processes, train_args(manifest, many, args.steps, per), "lesionsynth.cli"
+                ),
                 max(1, cores // args.processes),
                 many,
             )

@@ -39,7 +39,6 @@ def synthesizer_and_pairs(n: int) -> tuple[Path, list[tuple[np.ndarray, np.ndarr
     else:
         from models.data.demo import write_demo_dataset
         from models.data.split import add_split
-        from models.diffusion.config import SynthesizerConfig
         from models.diffusion.train import TrainSettings, train_synthesizer
 
         manifest = WORK / "synth-demo-data" / "manifest.csv"
@@ -55,7 +54,8 @@ def synthesizer_and_pairs(n: int) -> tuple[Path, list[tuple[np.ndarray, np.ndarr
                     manifest=manifest,
                     lesion_label="lesion",
                     out=model,
-                    config=SynthesizerConfig(resolution=32, preset="small"),
+                    resolution=32,
+                    preset="small",
                     max_steps=300,
                     batch_size=8,
                     resume=True,

@@ -62,7 +62,7 @@ def recipe(manifest: Path, config: SynthesizerConfig, steps: int, batch: int) ->
                 manifest=manifest,
                 lesion_label="lesion",
                 out=Path(tmp) / "model",
-                config=config,
+                **config.to_dict(),
                 max_steps=steps,
                 batch_size=batch,
                 checkpoint_every=max(1, steps // 2),  # one mid-run checkpoint, as a long run has

@@ -28,10 +28,12 @@ synthetic), while the other strategies still train on it as the real normal it i
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from models.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a strategy draws: the names above are torch-free
+    import torch
 
 STRATEGIES = ("none", "oversample", "weighted-loss", "weighted-sampler", "synthetic", "synthetic+weighted")
 #: The strategies that use no synthetic image: the primary comparison may pit a synthetic strategy
@@ -59,6 +61,8 @@ class Strategy:
 
     def pool_mask(self, synthetic: torch.Tensor) -> torch.Tensor:
         """(N,) bool: which train rows are in the pool."""
+        import torch
+
         return torch.ones_like(synthetic) if self.uses_synthetic else ~synthetic
 
     def pos_weight(self, labels: torch.Tensor) -> float:
@@ -70,6 +74,8 @@ class Strategy:
 
     def epoch_indices(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Indices into the pool for one epoch (pool labels (N,) in {0, 1})."""
+        import torch
+
         n = len(labels)
         if n == 0:
             raise ConfigError("no training rows for this strategy")

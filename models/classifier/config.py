@@ -7,12 +7,13 @@ Preprocessing is part of the contract: the ONNX model, the Triton backend and th
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torchvision import models as tv
+from models.spec import check_fields, param
 
-from models.errors import ConfigError
+if TYPE_CHECKING:  # torch and torchvision load in the builders: the config is torch-free
+    import torch
+    from torch import nn
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
 #: The usual ImageNet statistics. We train from scratch, so any fixed values work; these keep inputs
@@ -23,16 +24,13 @@ STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    arch: str = "resnet50"
-    image_size: int = 224
+    arch: str = param("resnet50", choices=ARCHS, help="torchvision ResNet, trained from scratch.")
+    image_size: int = param(224, lo=32, hi=1024, help="Input side in pixels (images are resized to it).")
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if not 32 <= self.image_size <= 1024:
-            raise ConfigError("--image-size must be in [32, 1024]")
+        check_fields(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +61,9 @@ class ClassifierConfig:
 
 def build_classifier(config: ClassifierConfig) -> nn.Module:
     """A torchvision ResNet (``weights=None``: nothing is downloaded) with a 1-logit head."""
+    from torch import nn
+    from torchvision import models as tv
+
     net = getattr(tv, config.arch)(weights=None)
     net.fc = nn.Linear(net.fc.in_features, 1)
     return net
@@ -70,6 +71,8 @@ def build_classifier(config: ClassifierConfig) -> nn.Module:
 
 def normalize(images: torch.Tensor, config: ClassifierConfig) -> torch.Tensor:
     """(N, 3, H, W) float in [0, 1] -> normalised network input."""
+    import torch
+
     mean = torch.tensor(config.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(config.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std

@@ -21,7 +21,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from models.classifier.balancing import Strategy
 from models.classifier.config import ClassifierConfig, build_classifier
 from models.classifier.data import ImageTable
 from models.classifier.folder import CARD_NAME, read_card, write_classifier
+from models.classifier.train_settings import ClassifierTrainSettings
 from models.data.manifest import load_manifest
 from models.devices import autocast_for, backward_step, pick_device
 from models.errors import ConfigError
@@ -46,32 +46,6 @@ from models.evaluation.roc import roc_auc, sensitivity_specificity, threshold_fo
 from models.progress import tqdm
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClassifierTrainSettings:
-    manifest: Path
-    positive_label: str
-    out: Path
-    config: ClassifierConfig = field(default_factory=ClassifierConfig)
-    balance: str = "none"
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 10
-    target_sensitivity: float = 0.9
-    seed: int = 0
-    resume: bool = False
-    device: str | None = None
-    progress: bool = True
-
-    def check(self) -> None:
-        Strategy(self.balance)
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ConfigError("--epochs, --batch-size and --patience must be >= 1")
-        if not 0.0 < self.target_sensitivity <= 1.0:
-            raise ConfigError("--target-sensitivity must be in (0, 1]")
 
 
 @torch.inference_mode()
@@ -87,8 +61,7 @@ def predict_logits(
 
 
 def train_classifier(s: ClassifierTrainSettings) -> dict:
-    """Run the recipe; return the model card."""
-    s.check()
+    """Run the recipe; return the model card (``s`` was checked when it was built)."""
     out, ckpt_root = Path(s.out), Path(s.out) / "checkpoints"
     require_resume_for_existing_run(out, CARD_NAME, s.resume)
     if s.resume and (out / CARD_NAME).exists():

@@ -11,10 +11,12 @@ only the in-image part is ever pasted back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 #: Margin around the mask's bounding box, as a fraction of the box's longer side.
 DEFAULT_MARGIN = 0.15
@@ -66,6 +68,9 @@ def crop_square(array: np.ndarray, box: SquareBox) -> np.ndarray:
 
 def resize_image(crop: np.ndarray, size: int) -> torch.Tensor:
     """(S, S, 3) uint8 -> (3, size, size) float32 in [-1, 1] (antialiased bilinear)."""
+    import torch  # here, not at the top: the geometry above is torch-free (the services use it)
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     if t.shape[-1] != size:
         t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -74,6 +79,9 @@ def resize_image(crop: np.ndarray, size: int) -> torch.Tensor:
 
 def resize_mask(crop: np.ndarray, size: int) -> torch.Tensor:
     """(S, S) bool -> (1, size, size) float32 in {0, 1} (area average, then > 0.5)."""
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(crop)).float()[None, None]
     if t.shape[-1] != size:
         t = F.interpolate(t, size=(size, size), mode="area")

@@ -1,17 +1,23 @@
 """Synthesizer configuration: UNet architecture presets and the noise schedule.
 
 The config is captured in the model folder (``unet/config.json``, ``scheduler/scheduler_config.json`` and
-``model_card.json``), so a saved synthesizer is rebuilt from its folder alone.
+``model_card.json``), so a saved synthesizer is rebuilt from its folder alone. Its fields are declared
+with :func:`models.spec.param`, so train-synthesizer's options and job parameters derive from them; the
+module is torch-free (diffusers is imported by the builders only), so the training service can validate
+a job without loading torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from typing import TYPE_CHECKING
 
 from models.data.regions import DEFAULT_MARGIN
 from models.errors import ConfigError
+from models.spec import check_fields, param
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 #: UNet presets. ``small`` is the 3.0 M-parameter UNet measured in ../shared/STACK.md (27 ms per forward
 #: at 64x64 on 2 CPU cores); ``tiny`` is for tests and the demo; ``base`` for 128/256 px on a GPU.
@@ -62,28 +68,29 @@ class SynthesizerConfig:
             diffusers' ``UNet2DModel(num_class_embeds=num_classes + 1)``, so the folder loads in diffusers.
     """
 
-    resolution: int = 64
-    preset: str = "small"
-    mask_conditioning: bool = False
-    margin: float = DEFAULT_MARGIN
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    num_classes: int = 0
+    resolution: int = param(
+        64,
+        choices=RESOLUTIONS,
+        help="Side of the square region crop the UNet sees (>= the classifier's input).",
+    )
+    preset: str = param("small", choices=tuple(PRESETS), help="UNet size.")
+    mask_conditioning: bool = param(False, help="Give the UNet the region mask as a 4th input channel.")
+    margin: float = param(
+        DEFAULT_MARGIN, lo=0.0, hi=1.0, help="Context around the mask's bounding box, of its longer side."
+    )
+    num_train_timesteps: int = param(1000, lo=1, hi=10_000, help="DDPM steps.", cli=False, job=False)
+    beta_schedule: str = param(
+        "squaredcos_cap_v2", kind="text", help="DDPM noise schedule.", cli=False, job=False
+    )
+    num_classes: int = param(
+        0, choices=(0, 2), help="0: lesion regions only (paper 000); 2: class-conditional on both classes."
+    )
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.resolution not in RESOLUTIONS:
-            raise ConfigError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
+        check_fields(self)
         levels = len(PRESETS[self.preset]["block_out_channels"])
         if self.resolution % (2 ** (levels - 1)) or self.resolution < 2 ** (levels + 1):
             raise ConfigError(f"resolution {self.resolution} is too small for preset {self.preset!r}")
-        if not 0.0 <= self.margin <= 1.0:
-            raise ConfigError("margin must be in [0, 1]")
-        if self.num_classes not in (0, 2):
-            raise ConfigError(
-                f"num_classes must be 0 (unconditional) or 2 (normal/lesion), got {self.num_classes}"
-            )
 
     @property
     def conditional(self) -> bool:
@@ -109,6 +116,8 @@ class SynthesizerConfig:
 
 def build_unet(config: SynthesizerConfig) -> UNet2DModel:
     """A diffusers ``UNet2DModel`` predicting the noise epsilon of Ho et al. 2020, Eq. 14."""
+    from diffusers import UNet2DModel
+
     return UNet2DModel(
         sample_size=config.resolution,
         in_channels=config.in_channels,
@@ -124,6 +133,8 @@ def build_train_scheduler(config: SynthesizerConfig) -> DDPMScheduler:
     ``squaredcos_cap_v2`` (Nichol & Dhariwal 2021) rather than the linear schedule: at 32-64 px the linear
     schedule destroys the image in the first third of the steps, wasting most of the training signal.
     """
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
@@ -134,4 +145,6 @@ def build_train_scheduler(config: SynthesizerConfig) -> DDPMScheduler:
 
 def build_sample_scheduler(train_scheduler_config) -> DDIMScheduler:
     """Deterministic DDIM sampler (Song et al. 2021, Eq. 12 with eta = 0) on the training schedule."""
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler.from_config(train_scheduler_config)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from models.errors import ParameterError
+from models.spec import MAX_SEED as MAX_SEED
+from models.spec import SEED, check_fields, check_value, param
 
 MAX_STEPS = 200
 MAX_RESAMPLE = 10
-MAX_SEED = 2**63 - 1
 MAX_GUIDANCE = 20.0
 
 
@@ -25,47 +25,33 @@ class SamplerSettings:
     twice the cost and ``resample=2`` no better; ``strength < 1`` keeps more of the source region's
     structure (paper 000's partial noising) and was measured less lesion-like.
 
-    Attributes:
-        steps: DDIM steps over the whole schedule (the run takes ``round(steps * strength)`` of them).
-        strength: noise level the region starts from, in (0, 1]; 1.0 = pure noise.
-        eta: DDIM stochasticity in [0, 1] (Song et al. 2021, Eq. 16): 0 deterministic, 1 DDPM-like.
-        resample: times each step is taken, re-noising in between (RePaint's resampling, jump length 1).
-        guidance: classifier-free guidance scale toward the lesion class (Ho & Salimans 2022), for
-            class-conditional synthesizers only: eps = eps_null + guidance * (eps_lesion - eps_null);
-            1 samples the lesion class's conditional model (one UNet pass), 0 the unconditional one,
-            > 1 pushes away from what the classes share. Not 1: the conditional and null passes run as
-            one UNet call of twice the batch (counted as one evaluation, about twice the time).
+    ``guidance`` is for class-conditional synthesizers only: eps = eps_null + guidance * (eps_lesion -
+    eps_null) (Ho & Salimans 2022); 1 samples the lesion class's conditional model (one UNet pass), 0 the
+    unconditional one, > 1 pushes away from what the classes share. Not 1: the conditional and null passes
+    run as one UNet call of twice the batch (counted as one evaluation, about twice the time).
     """
 
-    steps: int = 25
-    strength: float = 1.0
-    eta: float = 1.0
-    resample: int = 1
-    guidance: float = 1.0
+    steps: int = param(
+        25, lo=1, hi=MAX_STEPS, help="DDIM steps over the whole schedule (the run takes steps x strength)."
+    )
+    strength: float = param(
+        1.0, lo=0.0, hi=1.0, lo_open=True, help="Noise level the region starts from; 1 = pure noise."
+    )
+    eta: float = param(
+        1.0, lo=0.0, hi=1.0, help="DDIM stochasticity (Song et al. 2021, Eq. 16): 0 deterministic."
+    )
+    resample: int = param(
+        1, lo=1, hi=MAX_RESAMPLE, help="Takes per step, re-noising in between (RePaint); each more = 1x time."
+    )
+    guidance: float = param(
+        1.0,
+        lo=0.0,
+        hi=MAX_GUIDANCE,
+        help="Class-conditional synthesizers: guidance toward the lesion class; not 1 = 2x time.",
+    )
 
     def check(self) -> None:
-        if (
-            isinstance(self.steps, bool)
-            or not isinstance(self.steps, int)
-            or not 1 <= self.steps <= MAX_STEPS
-        ):
-            raise ParameterError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
-        if not (isinstance(self.strength, int | float) and 0.0 < float(self.strength) <= 1.0):
-            raise ParameterError(f"strength must be in (0, 1], got {self.strength!r}")
-        if not (isinstance(self.eta, int | float) and 0.0 <= float(self.eta) <= 1.0):
-            raise ParameterError(f"eta must be in [0, 1], got {self.eta!r}")
-        if (
-            isinstance(self.resample, bool)
-            or not isinstance(self.resample, int)
-            or not 1 <= self.resample <= MAX_RESAMPLE
-        ):
-            raise ParameterError(f"resample must be an integer in [1, {MAX_RESAMPLE}], got {self.resample!r}")
-        if not (
-            isinstance(self.guidance, int | float)
-            and not isinstance(self.guidance, bool)
-            and 0.0 <= float(self.guidance) <= MAX_GUIDANCE
-        ):
-            raise ParameterError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got {self.guidance!r}")
+        check_fields(self)
 
     @property
     def unet_calls(self) -> int:
@@ -87,5 +73,4 @@ DEFAULTS = SamplerSettings()
 
 
 def check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ParameterError(f"seed must be an integer in [0, 2^63 - 1], got {seed!r}")
+    check_value(SEED, seed, "seed")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,62 +50,12 @@ from models.diffusion.folder import (
     read_card,
     write_synthesizer,
 )
+from models.diffusion.train_settings import TrainSettings
 from models.distributed import DataParallel
 from models.errors import ConfigError
 from models.progress import tqdm
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainSettings:
-    manifest: Path
-    lesion_label: str
-    out: Path
-    config: SynthesizerConfig = SynthesizerConfig()
-    max_steps: int = 2000
-    #: Per process: under torchrun a step sees WORLD_SIZE x batch_size regions.
-    batch_size: int = 8
-    learning_rate: float = 2e-4
-    warmup_steps: int = 100
-    ema_max_decay: float = 0.999
-    checkpoint_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    resume: bool = False
-    device: str | None = None
-    progress: bool = True
-    #: Steps at which the EMA model is also written as a full synthesizer folder under
-    #: ``out/snapshots/step-NNNNNN/`` (paper 001's iteration-wise analysis of fidelity vs usefulness).
-    snapshot_steps: tuple[int, ...] = ()
-    #: Class-conditional only: the label whose regions are class 0, and how often a class is dropped.
-    normal_label: str | None = None
-    label_dropout: float = 0.1
-    #: Unconditional pre-training: learn the regions of every train row, whatever its label.
-    all_regions: bool = False
-    #: Fine-tuning: start from this finished synthesizer folder's weights (its config must equal ours).
-    init_from: Path | None = None
-
-    def check(self) -> None:
-        if self.max_steps < 1:
-            raise ConfigError("--max-steps must be >= 1")
-        if not 1 <= self.batch_size <= 1024:
-            raise ConfigError("--batch-size must be in [1, 1024]")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ConfigError("checkpoint and log intervals must be >= 1")
-        if self.config.conditional:
-            if not self.normal_label or self.normal_label == self.lesion_label:
-                raise ConfigError(
-                    "a class-conditional synthesizer (num_classes 2) needs --normal-label, the class other "
-                    "than the lesion label whose regions it also learns"
-                )
-            if not 0.0 < self.label_dropout < 1.0:
-                raise ConfigError("--label-dropout must be in (0, 1): guidance needs the null class")
-            if self.all_regions:
-                raise ConfigError(
-                    "--all-regions is for unconditional pre-training; a class-conditional synthesizer "
-                    "already learns the regions of both classes"
-                )
 
 
 def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator) -> torch.Tensor:
@@ -135,8 +84,9 @@ def snapshot_dir(out: Path, step: int) -> Path:
 
 
 def train_synthesizer(s: TrainSettings) -> dict:
-    """Run the recipe (data-parallel under torchrun); return the model card of the finished synthesizer."""
-    s.check()
+    """Run the recipe (data-parallel under torchrun); return the model card of the finished synthesizer.
+
+    ``s`` was checked when it was built (TrainSettings.__post_init__)."""
     dp = DataParallel.from_env()
     device = dp.device(s.device)
     with dp.session(device):
@@ -145,6 +95,7 @@ def train_synthesizer(s: TrainSettings) -> dict:
 
 def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     out, ckpt_root = Path(s.out), Path(s.out) / "checkpoints"
+    config = s.config  # the architecture part of the settings
     require_resume_for_existing_run(out, CARD_NAME, s.resume)
 
     # 1. Data: the train rows of the lesion class only.
@@ -156,7 +107,7 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     if s.all_regions:
         rows = manifest.rows_in("train")
     labels = [1] * len(rows)
-    if s.config.conditional:
+    if config.conditional:
         normals = manifest.rows_in("train", s.normal_label)
         if not normals:
             raise ConfigError(f"no 'train' rows with label {s.normal_label!r} for the normal class")
@@ -165,26 +116,26 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
 
     # 2. Lesion regions, in memory.
     show = s.progress and dp.is_main
-    crops = LesionCrops.from_rows(rows, s.config.resolution, s.config.margin, progress=show, labels=labels)
-    log.info("training on %d regions at %dpx", len(crops), s.config.resolution)
+    crops = LesionCrops.from_rows(rows, config.resolution, config.margin, progress=show, labels=labels)
+    log.info("training on %d regions at %dpx", len(crops), config.resolution)
 
     # 3. Model, schedule, optimiser, EMA. The seed fixes the initial weights (the same on every rank) and
     #    every random draw (each rank its own stream).
     torch.manual_seed(s.seed)
     if s.init_from is not None:
-        init = start_weights(Path(s.init_from), s.config)
+        init = start_weights(Path(s.init_from), config)
         unet = init.unet
     else:
-        unet = build_unet(s.config)
+        unet = build_unet(config)
     unet = unet.to(device).train()
     model = dp.wrap(unet, device)  # forward and backward through DDP; weights and EMA read from unet
-    noise_scheduler = build_train_scheduler(s.config)
+    noise_scheduler = build_train_scheduler(config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=s.learning_rate, weight_decay=1e-2)
     ema = EMAModel(unet.parameters(), decay=s.ema_max_decay, use_ema_warmup=True, power=3 / 4)
     generator = torch.Generator().manual_seed(dp.rank_seed(s.seed))
     autocast, scaler = autocast_for(device)
     run_identity = {
-        "config": s.config.to_dict(),
+        "config": config.to_dict(),
         "manifest_sha256": manifest_sha,
         "lesion_label": s.lesion_label,
         "batch_size": s.batch_size,
@@ -192,7 +143,7 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     }
     if dp.enabled:
         run_identity["processes"] = dp.world_size  # absent for one process: older checkpoints still match
-    if s.config.conditional:
+    if config.conditional:
         run_identity |= {"normal_label": s.normal_label, "label_dropout": s.label_dropout}
     if s.all_regions:
         run_identity["all_regions"] = True
@@ -253,7 +204,7 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
                     "label_dropout": s.label_dropout,
                     "regions_per_class": {"normal": labels.count(0), "lesion": labels.count(1)},
                 }
-                if s.config.conditional
+                if config.conditional
                 else {}
             ),
             **({"all_regions": True} if s.all_regions else {}),
@@ -274,12 +225,12 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
             "processes": dp.world_size,
             "learning_rate": s.learning_rate,
             "seed": s.seed,
-            "resolution": s.config.resolution,
+            "resolution": config.resolution,
             "device": str(device),
             "train_seconds": round(train_seconds, 2),
             "loss_curve": loss_curve,
         }
-        return write_synthesizer(folder, model.cpu(), noise_scheduler, s.config, card)
+        return write_synthesizer(folder, model.cpu(), noise_scheduler, config, card)
 
     # 5. Optimise.
     bar = tqdm(total=s.max_steps, initial=step, desc="train synthesizer", unit="step", disable=not show)
@@ -291,10 +242,10 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (s.batch_size,), generator=generator)
         x0, mask, noise, t = x0.to(device), mask.to(device), noise.to(device), t.to(device)
         class_labels = None
-        if s.config.conditional:
-            class_labels = drop_labels(y, s.label_dropout, s.config.null_class, generator).to(device)
+        if config.conditional:
+            class_labels = drop_labels(y, s.label_dropout, config.null_class, generator).to(device)
         xt = noise_scheduler.add_noise(x0, noise, t)
-        model_in = torch.cat([xt, mask], dim=1) if s.config.mask_conditioning else xt
+        model_in = torch.cat([xt, mask], dim=1) if config.mask_conditioning else xt
         for group in optimizer.param_groups:
             group["lr"] = s.learning_rate * min(1.0, (step + 1) / s.warmup_steps)
         with autocast():

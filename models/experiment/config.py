@@ -52,9 +52,11 @@ from typing import Any
 import yaml
 
 from models.classifier.balancing import BEST_CLASSICAL, CLASSICAL, STRATEGIES
-from models.classifier.config import ClassifierConfig
+from models.classifier.train_settings import ClassifierTrainSettings
 from models.data.roles import check_role_mapping, read_role_file
+from models.diffusion.train_settings import TrainSettings
 from models.errors import ConfigError
+from models.spec import check_value, params_of
 
 BALANCE_MODES = ("add", "replace")
 CHOSEN_ON_VAL = "chosen-on-val"  # balance.guidance: the scale models.experiment.guidance chose on val
@@ -84,17 +86,6 @@ class ExperimentConfig:
     source: Path | None = None
 
     @property
-    def classifier_config(self) -> ClassifierConfig:
-        keys = ("arch", "image_size")
-        return ClassifierConfig(**{k: self.classifier[k] for k in keys if k in self.classifier})
-
-    @property
-    def training(self) -> dict:
-        """Classifier training settings other than the architecture."""
-        keys = ("epochs", "batch_size", "learning_rate", "weight_decay", "patience")
-        return {k: self.classifier[k] for k in keys if k in self.classifier}
-
-    @property
     def role_file(self) -> Path | None:
         return Path(self.split["file"]) if "file" in self.split else None
 
@@ -104,6 +95,22 @@ class ExperimentConfig:
 
 
 _ALLOWED = set(ExperimentConfig.__dataclass_fields__) - {"source"}
+#: synthesizer keys that are train-synthesizer parameters (the rest of the recipe comes from the
+#: experiment: its manifest, labels and device); and the experiment's own synthesizer keys.
+SYNTHESIZER_KEYS = tuple(
+    name
+    for name, (p, _) in params_of(TrainSettings).items()
+    if p.job
+    and name
+    not in ("manifest", "lesion_label", "normal_label", "device", "processes", "all_regions", "init_from")
+)
+_SYNTHESIZER_OWN = ("model", "roles", "pretrain", "copy_paste")
+#: classifier keys: train-classifier parameters but those the experiment sets per unit or for all.
+CLASSIFIER_KEYS = tuple(
+    name
+    for name, (p, _) in params_of(ClassifierTrainSettings).items()
+    if p.job and name not in ("manifest", "positive_label", "balance", "seed", "target_sensitivity", "device")
+)
 _REQUIRED = ("name", "manifest", "out", "positive_label", "normal_label")
 
 
@@ -161,15 +168,17 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     mode = values.get("balance", {}).get("mode", "add")
     if mode not in BALANCE_MODES:
         raise ConfigError(f"balance.mode must be one of {', '.join(BALANCE_MODES)}, not {mode!r}")
+    _check_section(
+        "synthesizer", values.get("synthesizer", {}), TrainSettings, SYNTHESIZER_KEYS, _SYNTHESIZER_OWN
+    )
     _check_pretrain(values.get("synthesizer", {}))
     _check_copy_paste(values.get("synthesizer", {}), values.get("series") or {})
     _check_filter(values.get("balance", {}).get("filter"))
     guidance = values.get("balance", {}).get("guidance")
     if guidance is not None and guidance != CHOSEN_ON_VAL and not isinstance(guidance, int | float):
         raise ConfigError(f"balance.guidance must be a number or {CHOSEN_ON_VAL!r}, not {guidance!r}")
-    config = ExperimentConfig(**values, source=source)
-    config.classifier_config  # noqa: B018  (validates arch and image_size now, not in a worker later)
-    return config
+    _check_section("classifier", values.get("classifier", {}), ClassifierTrainSettings, CLASSIFIER_KEYS)
+    return ExperimentConfig(**values, source=source)
 
 
 def _parse_role_split(split: dict, base: Path, positive_label: str) -> dict:
@@ -185,6 +194,22 @@ def _parse_role_split(split: dict, base: Path, positive_label: str) -> dict:
     file = (base / str(split["file"])).resolve()
     check_role_mapping(read_role_file(file), roles, positive_label, minimum)
     return {"file": str(file), "roles": dict(roles), "min_test_positives": minimum}
+
+
+def _check_section(name: str, section: Any, spec: type, keys: tuple, own: tuple = ()) -> None:
+    """Every key of a section is known (a recipe parameter, or the experiment's ``own``), and a recipe
+    parameter's value is in its range (models/spec.py): a typo fails here, not in a worker hours later."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{name} must be a mapping")
+    unknown = sorted(set(section) - {*keys, *own})
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {name}: {', '.join(unknown)}; allowed: {', '.join((*keys, *own))}"
+        )
+    declared = params_of(spec)
+    for key in keys:
+        if key in section:
+            check_value(declared[key][0], section[key], f"{name}.{key}")
 
 
 def _check_pretrain(synthesizer: dict) -> None:

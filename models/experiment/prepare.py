@@ -28,32 +28,37 @@ from models.data.roles import assign_splits, check_test_not_trained, read_role_f
 from models.data.split import add_split
 from models.diffusion.config import SynthesizerConfig
 from models.diffusion.copy_paste import CopyPasteInpainter
+from models.diffusion.sampler_settings import SamplerSettings
 from models.diffusion.train import TrainSettings, train_synthesizer
 from models.errors import ConfigError
-from models.experiment.config import CHOSEN_ON_VAL, ExperimentConfig
+from models.experiment.config import CHOSEN_ON_VAL, SYNTHESIZER_KEYS, ExperimentConfig
 from models.experiment.units import IDENTITY, units_identity
+from models.spec import params_of
 
 log = logging.getLogger(__name__)
 
-_SYNTH_CONFIG_KEYS = ("resolution", "preset", "mask_conditioning", "margin", "num_classes")
-_SYNTH_TRAIN_KEYS = ("max_steps", "batch_size", "learning_rate", "checkpoint_every", "seed", "label_dropout")
-SAMPLER_KEYS = ("steps", "strength", "eta", "resample")  # balance.guidance: see balance_guidance
+#: balance keys that are sampler settings; balance.guidance is not one of them here (see balance_guidance).
+SAMPLER_KEYS = tuple(k for k in params_of(SamplerSettings) if k != "guidance")
 
 
 def synthesizer_settings(
     config: ExperimentConfig, split_manifest: Path, out: Path, **overrides
 ) -> TrainSettings:
-    """TrainSettings for the experiment's synthesizer settings (train lesion rows of the split only)."""
+    """TrainSettings for the experiment's synthesizer settings (train lesion rows of the split only).
+
+    ``synthesizer`` keys that are train-synthesizer parameters (models/diffusion/train_settings.py; the
+    config parser checked them) pass through as they are; the rest (model, roles, pretrain, ...) are
+    the experiment's own."""
     synth = config.synthesizer
+    recipe = {k: synth[k] for k in SYNTHESIZER_KEYS if k in synth}
     values = dict(
         manifest=split_manifest,
         lesion_label=config.positive_label,
         normal_label=config.normal_label if synth.get("num_classes") else None,
         out=out,
-        config=SynthesizerConfig(**{k: synth[k] for k in _SYNTH_CONFIG_KEYS if k in synth}),
         resume=True,
         device=config.device,
-        **{k: synth[k] for k in _SYNTH_TRAIN_KEYS if k in synth},
+        **recipe,
     )
     values.update(overrides)
     return TrainSettings(**values)

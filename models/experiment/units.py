@@ -73,14 +73,13 @@ def run_unit(config: ExperimentConfig, manifest: Path, unit: Unit, progress: boo
             manifest=manifest,
             positive_label=config.positive_label,
             out=model_dir,
-            config=config.classifier_config,
             balance=unit.strategy,
             seed=unit.seed,
             target_sensitivity=config.target_sensitivity,
             resume=True,
             device=config.device,
             progress=progress,
-            **config.training,
+            **config.classifier,
         )
     )
     # The only place the test split is read: inference with the finished model.

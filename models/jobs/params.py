@@ -17,8 +17,8 @@ from typing import Any
 
 from models.errors import ParameterError
 from models.jobs.base import JobRoots
+from models.spec import MAX_SEED, REQUIRED, Param, check_value, params_of
 
-MAX_SEED = 2**63 - 1  # the sampler's limit (models.diffusion.inpaint.MAX_SEED)
 _REQUIRED = object()
 
 Check = Callable[[str, Any, JobRoots], Any]
@@ -49,6 +49,31 @@ def normalise(params: Any, fields: dict[str, Field], roots: JobRoots) -> dict:
             continue
         out[name] = field.check(label, params[name], roots)
     return out
+
+
+def fields_of(spec, **overrides: Field) -> dict[str, Field]:
+    """The job fields of a recipe spec (models/spec.py): every ``param(job=True)``, checked by the spec's
+    own checker; paths must resolve inside the roots, model references are a store version or a folder
+    there. ``overrides`` replace or add fields (a job-only input such as balance's store reference)."""
+    fields = {}
+    for name, (param, default) in params_of(spec).items():
+        if not param.job:
+            continue
+        default = _REQUIRED if default is REQUIRED else default
+        if param.kind == "path":
+            fields[name] = input_file(default)
+        elif param.kind == "model":
+            fields[name] = model_ref(default)
+        else:
+            fields[name] = Field(_spec_check(param), default)
+    return {**fields, **overrides}
+
+
+def _spec_check(param: Param) -> Check:
+    def check(label: str, value: Any, roots: JobRoots) -> Any:
+        return check_value(param, value, label)
+
+    return check
 
 
 # -- scalar fields ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the model is in the store its checkpoints are deleted; the store copy is the art
 
 ``processes > 1`` trains data-parallel: the job runs the same recipe under ``torchrun`` with one process
 per GPU (models/torchrun.py); ``batch_size`` is per process. On Kubernetes the job's pod asks for that
-many GPUs (services/training/k8s_executor.py).
+many GPUs (services/training/k8s/manifest.py).
 """
 
 from __future__ import annotations
@@ -14,38 +14,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from models.diffusion.train_settings import TrainSettings
 from models.errors import ParameterError
 from models.jobs import params as p
 from models.jobs.base import JobContext, JobRoots
 from models.jobs.pinning import pinned_model
 
-# The choices of models.diffusion.config (not imported here: it pulls in torch and diffusers, and
-# validation runs in the service process). tests/test_jobs.py checks they match.
-RESOLUTIONS = (32, 64, 96, 128, 256)
-PRESETS = ("tiny", "small", "base")
-
-FIELDS = {
-    "manifest": p.input_file(),
-    "lesion_label": p.label(),
-    "resolution": p.choice(RESOLUTIONS, 64),
-    "preset": p.choice(PRESETS, "small"),
-    "mask_conditioning": p.boolean(False),
-    # Class-conditional (issue 11, variant 1): the regions of both classes, the class as a label.
-    "num_classes": p.choice((0, 2), 0),
-    "normal_label": p.label(None),
-    "label_dropout": p.number(0.0, 1.0, 0.1, lo_open=True),
-    # Pre-training then fine-tuning (variant 2): every region first; then start from a stored synthesizer.
-    "all_regions": p.boolean(False),
-    "init_from": p.model_ref(None),
-    "max_steps": p.integer(1, 10_000_000, 2000),
-    "batch_size": p.integer(1, 1024, 8),
-    "learning_rate": p.number(0.0, 1.0, 2e-4, lo_open=True),
-    "checkpoint_every": p.integer(1, 10_000_000, 500),
-    "seed": p.seed(),
-    "device": p.device(),
-    # One per GPU (one node: torchrun --standalone); >1 on the CPU works too (gloo), as the tests run it.
-    "processes": p.integer(1, 16, 1),
-}
+#: Every train-synthesizer parameter (models/diffusion/train_settings.py) but the output folder and the
+#: run switches, which the job sets itself.
+FIELDS = p.fields_of(TrainSettings)
 
 
 def validate(params: dict, roots: JobRoots) -> dict:
@@ -88,33 +65,8 @@ def run(params: dict, ctx: JobContext) -> dict:
     }
 
 
-def _settings(params: dict, out: Path):
-    from models.diffusion.config import SynthesizerConfig
-    from models.diffusion.train import TrainSettings
-
-    return TrainSettings(
-        manifest=Path(params["manifest"]),
-        lesion_label=params["lesion_label"],
-        out=out,
-        config=SynthesizerConfig(
-            resolution=params["resolution"],
-            preset=params["preset"],
-            mask_conditioning=params["mask_conditioning"],
-            num_classes=params.get("num_classes", 0),
-        ),
-        normal_label=params.get("normal_label"),
-        label_dropout=params.get("label_dropout", 0.1),
-        all_regions=params.get("all_regions", False),
-        init_from=Path(params["init_from"]) if params.get("init_from") else None,
-        max_steps=params["max_steps"],
-        batch_size=params["batch_size"],
-        learning_rate=params["learning_rate"],
-        checkpoint_every=params["checkpoint_every"],
-        seed=params["seed"],
-        device=params["device"],
-        resume=True,
-        progress=False,
-    )
+def _settings(params: dict, out: Path) -> TrainSettings:
+    return TrainSettings(**params, out=out, resume=True, progress=False)
 
 
 def _train_data_parallel(params: dict, out: Path, ctx: JobContext) -> dict:

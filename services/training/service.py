@@ -34,12 +34,12 @@ class TrainingService:
         from services.common import jsonlog
         from services.common.grpc_server import GrpcServer
         from services.training import grpc_servicer
-        from services.training.k8s_executor import build_scheduler
         from services.training.metrics import JobMetrics
+        from services.training.scheduler import build_scheduler
 
         jsonlog.configure()
         roots = JobRoots(SETTINGS.data_roots, SETTINGS.output_root)
-        # LESIONSYNTH_EXECUTOR: local job processes, or Kubernetes Jobs (k8s_executor.py).
+        # LESIONSYNTH_EXECUTOR: local job processes, or Kubernetes Jobs (services/training/k8s/).
         self.scheduler = build_scheduler(SETTINGS, roots)
         self.scheduler.start()
         self.metrics = JobMetrics(self.scheduler.store, JOB_TYPES).start()

@@ -1,0 +1,3 @@
+from lesionsynth.cli import main
+
+main()
