@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lesionsynth.cli.app import app, user_errors
+from models.export.graph import TRITON_NAME
 
 
 @app.command("export-onnx")
@@ -28,7 +29,7 @@ def export_onnx_cmd(
 def export_triton_cmd(
     model: Annotated[Path, typer.Option(help="Classifier folder.")],
     repository: Annotated[Path, typer.Option(help="Triton model repository folder.")] = Path("models/triton"),
-    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "lesion_classifier",
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = TRITON_NAME,
     instance_kind: Annotated[str, typer.Option(help="gpu (production) or cpu.")] = "gpu",
     max_batch_size: int = 32,
 ) -> None:

@@ -26,6 +26,7 @@ from loadtests.benchmarks.services_common import (
     run_load,
     summarize,
 )
+from models.export.graph import TRITON_NAME
 from services.harness import SERVICES
 
 CLASSIFIER_TARGET = SERVICES["classifier"].target
@@ -195,7 +196,7 @@ def start_triton(args, serving: Path, stack: contextlib.ExitStack, log):
         return None, f"skipped: no {TRITON_VENV} (run `make triton-env`)"
     log_dir = WORK / "triton"
     log_dir.mkdir(parents=True, exist_ok=True)
-    triton = TritonProcess(serving / "triton", "lesion_classifier", python, log_dir)
+    triton = TritonProcess(serving / "triton", TRITON_NAME, python, log_dir)
     triton.env["OMP_NUM_THREADS"] = str(args.ort_threads)  # serve_onnx.py's ORT intra-op threads
     stack.callback(triton.stop)
     triton.start()

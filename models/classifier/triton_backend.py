@@ -17,9 +17,7 @@ import threading
 import numpy as np
 
 from models.errors import BackendUnavailable, LesionsynthError
-
-# The exported graph's tensor names (models.export.onnx); not imported from there, which would load torch.
-INPUT_NAME, OUTPUT_NAME = "image", "probability"
+from models.export.graph import INPUT_NAME, OUTPUT_NAME, TRITON_NAME
 
 
 class TritonBackend:
@@ -27,7 +25,7 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, url: str, model_name: str = "lesion_classifier", timeout_s: float = 10.0):
+    def __init__(self, url: str, model_name: str = TRITON_NAME, timeout_s: float = 10.0):
         import tritonclient.grpc as grpcclient  # lazy: the package is optional ([triton] extra)
 
         self._grpcclient = grpcclient

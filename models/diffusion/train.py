@@ -50,7 +50,7 @@ from models.diffusion.folder import (
     read_card,
     write_synthesizer,
 )
-from models.diffusion.train_settings import TrainSettings
+from models.diffusion.train_settings import TrainSettings, snapshot_dir
 from models.distributed import DataParallel
 from models.errors import ConfigError
 from models.progress import tqdm
@@ -77,10 +77,6 @@ def start_weights(folder: Path, config: SynthesizerConfig) -> LoadedSynthesizer:
             "the same resolution, preset, mask conditioning, margin, schedule and classes"
         )
     return init
-
-
-def snapshot_dir(out: Path, step: int) -> Path:
-    return Path(out) / "snapshots" / f"step-{step:06d}"
 
 
 def train_synthesizer(s: TrainSettings) -> dict:

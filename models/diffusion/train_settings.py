@@ -18,6 +18,11 @@ from models.errors import ConfigError
 from models.spec import param
 
 
+def snapshot_dir(out: Path, step: int) -> Path:
+    """Where the snapshot of step ``step`` is written (TrainSettings.snapshot_steps)."""
+    return Path(out) / "snapshots" / f"step-{step:06d}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings(SynthesizerConfig):
     manifest: Path = param(kind="path", help="CSV manifest (image_path,mask_path,label,split,...).")

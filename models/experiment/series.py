@@ -23,7 +23,8 @@ from pathlib import Path
 
 from models.artifacts import atomic_write_bytes
 from models.balance import balance_dataset
-from models.diffusion.train import snapshot_dir, train_synthesizer
+from models.diffusion.train import train_synthesizer
+from models.diffusion.train_settings import snapshot_dir
 from models.experiment.aggregate import SERIES_RESULTS, summarize_strategy
 from models.experiment.config import ExperimentConfig
 from models.experiment.fidelity import fidelity_step

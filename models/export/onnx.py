@@ -19,8 +19,8 @@ from torch import nn
 from models.artifacts import atomic_write_json, sha256_file
 from models.classifier.folder import load_classifier
 from models.errors import LesionsynthError
+from models.export.graph import INPUT_NAME, OUTPUT_NAME
 
-INPUT_NAME, OUTPUT_NAME = "image", "probability"
 OPSET = 20
 
 

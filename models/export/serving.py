@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from models.export.graph import TRITON_NAME
 from models.model_card import CARD_NAME, write_card
 from models.model_card import read_card as read_model_card
 
@@ -23,9 +24,6 @@ KIND = "lesionsynth.classifier.onnx"
 FORMAT_VERSION = 1
 GRAPH = "model.onnx"
 GRAPH_CARD = "model.onnx.json"
-#: Same as models.export.triton.DEFAULT_NAME; not imported from there, which loads torch (the classifier
-#: service reads serving folders without torch).
-TRITON_NAME = "lesion_classifier"
 
 
 def export_serving_folder(

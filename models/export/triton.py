@@ -13,9 +13,10 @@ from pathlib import Path
 
 from models.artifacts import atomic_write_text
 from models.errors import ConfigError
-from models.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+from models.export.graph import INPUT_NAME, OUTPUT_NAME, TRITON_NAME
+from models.export.onnx import export_onnx
 
-DEFAULT_NAME = "lesion_classifier"
+DEFAULT_NAME = TRITON_NAME
 
 
 def config_pbtxt(

@@ -13,16 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from models.diffusion.train_settings import snapshot_dir
 from models.errors import ConfigError, ParameterError
 from models.jobs import params as p
 from models.jobs.base import JobContext, JobRoots
-
-CARD_NAME = "model_card.json"
+from models.model_card import CARD_NAME
 
 
 def _snapshot_card(model: Path, step: int) -> Path:
-    # models.diffusion.train.snapshot_dir (not imported: it pulls in torch)
-    return model / "snapshots" / f"step-{step:06d}" / CARD_NAME
+    return snapshot_dir(model, step) / CARD_NAME
 
 
 def _parse(value: Any, base: Path, output_root: Path):
