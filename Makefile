@@ -84,7 +84,7 @@ rehearse-images: setup   # each image's requirements file installed + served, no
 	$(PY) deploy/docker/rehearse.py classifier classifier.gpu synthesis synthesis.gpu training training.gpu
 
 .PHONY: loadtest soak fuzz
-loadtest: setup   # every locust scenario, 16 users x 60 s -> docs/loadtest.md + docs/loadtest/*.csv
+loadtest: setup   # every locust scenario, 16 users x 60 s -> docs/loadtest.md|json (raw CSVs: runs/locust/)
 	$(PY) -m loadtests.run_load
 soak: setup       # 10 min steady load, RSS per process -> docs/soak.md|json|png
 	$(PY) -m loadtests.soak

@@ -4,8 +4,9 @@
     python -m loadtests.run_load --users 4 --duration 10 --scenarios classifier-rest,classifier-grpc
 
 Services are used where they answer (default ports, or --*-url / --*-grpc); when none answers, this
-starts them with `python -m services.launch` and stops them at the end. Per scenario, locust's CSVs go to
-docs/loadtest/<scenario>_*.csv; docs/loadtest.md (+ .json) has throughput, p50/p95/p99 and errors.
+starts them with `python -m services.launch` and stops them at the end. docs/loadtest.md (+ .json) has
+throughput, p50/p95/p99 and errors per scenario; locust's raw CSVs go to runs/locust/loadtest/<scenario>_*.csv
+(--csv-dir), outside docs/ (docs/ keeps the summaries; docs/archive/locust/ holds the CSVs of past runs).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Command: `{meta['command']}` ({meta['date']}). Machine: {meta['machine']}.",
         f"Users {meta['users']} per scenario (spawn rate {meta['spawn_rate']}/s), {meta['duration']} s each; synthesis "
         f"requests use {meta['synthesis_steps']} DDIM steps. Models: {meta['models']}.",
-        "Locust's CSVs per scenario are in docs/loadtest/. One noisy shared machine: compare rows, not machines.",
+        f"Locust's raw CSVs per scenario: {meta['csv_dir']}. One noisy shared machine: compare rows, not machines.",
         "",
         "| scenario | requests | failures | req/s | p50 ms | p95 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -110,6 +111,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def relative(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (for the summaries), else as given."""
+    try:
+        return str(path.resolve().relative_to(REPO)) + "/"
+    except ValueError:
+        return str(path) + "/"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=60, help="seconds per scenario")
     parser.add_argument("--synthesis-steps", type=int, default=5)
     parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "loadtest")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "loadtest", help="summary: OUT.json + OUT.md"
+    )
+    parser.add_argument(
+        "--csv-dir", type=Path, default=REPO / "runs" / "locust" / "loadtest", help="locust's raw CSVs"
+    )
     for name, (url, target) in DEFAULT_ENDPOINTS.items():
         parser.add_argument(f"--{name}-url", default=url)
         parser.add_argument(f"--{name}-grpc", default=target)
@@ -148,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.users,
                 args.spawn_rate,
                 args.duration,
-                args.out / scenario.name,
+                args.csv_dir / scenario.name,
                 args.synthesis_steps,
             )
             print(
@@ -169,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration,
             "synthesis_steps": args.synthesis_steps,
             "models": ", ".join(f"{k} {v}" for k, v in models.items()) or "n/a",
+            "csv_dir": relative(args.csv_dir),
         }
         from models.artifacts import atomic_write_json, atomic_write_text
 

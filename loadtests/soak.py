@@ -5,7 +5,8 @@ RSS growth <= 10% between the end of the warm-up and the end of the run.
     python -m loadtests.soak                      # 10 min, against `make serve` (started if not running)
     python -m loadtests.soak --minutes 1 --out /tmp/soak   # a quick look
 
-Writes docs/soak.json, docs/soak.md and docs/soak.png (RSS over time per process).
+Writes docs/soak.json, docs/soak.md and docs/soak.png (RSS over time per process); locust's raw CSVs go to
+runs/locust/<name of --out>/ (--csv-dir), outside docs/ (docs/archive/locust/ holds the CSVs of past runs).
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the reference sample")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between memory samples")
     parser.add_argument("--synthesis-steps", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "soak")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "soak", help="OUT.json, OUT.md, OUT.png")
+    parser.add_argument(
+        "--csv-dir", type=Path, help="locust's raw CSVs (default runs/locust/<name of --out>)"
+    )
     args = parser.parse_args(argv)
     urls = {name: DEFAULT_ENDPOINTS[name][0] for name in LOADS}
     launcher = None
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
     duration = int(args.minutes * 60)
     procs = {name: service_processes(int(url.rsplit(":", 1)[1])) for name, url in urls.items()}
-    workdir = args.out.parent / f"{args.out.name}-locust"
+    workdir = args.csv_dir or REPO / "runs" / "locust" / args.out.name
     workdir.mkdir(parents=True, exist_ok=True)
     runs = {}
     for name, (user_class, users) in LOADS.items():
