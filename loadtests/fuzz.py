@@ -153,7 +153,10 @@ def markdown(results: dict, command: str) -> str:
         "",
         "What fuzzing found and was fixed: malformed multipart bodies answered 500 (now 400, with the reason;",
         "services/common/request_guard.py), and gRPC bytes that are not the method's message answered INTERNAL",
-        "(now INVALID_ARGUMENT; services/common/grpc_server.py MalformedMessageInterceptor).",
+        "(now INVALID_ARGUMENT; services/common/grpc_server.py MalformedMessageInterceptor). With every check on",
+        "(issue 12): error bodies that did not match the documents (now RFC 9457 problem details, declared),",
+        "base64 fields declared as any string, request bodies not marked required and optional fields not",
+        "nullable (services/common/openapi.py); content a schema cannot describe is 422 (loadtests/schemathesis.toml).",
     ]
     return "\n".join(lines) + "\n"
 

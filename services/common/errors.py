@@ -154,7 +154,10 @@ def kind_of(exc: BaseException) -> ErrorKind:
 def kind_for_status(status: int) -> ErrorKind:
     kind = KIND_BY_STATUS.get(status)
     if kind is None:  # a status no row names: RFC 9457's "about:blank", titled by the status
-        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
         return ErrorKind("", phrase, status, Code.UNKNOWN)
     return kind
 
