@@ -16,7 +16,7 @@ from models.data.roles import (
     read_role_file,
     write_role_file,
 )
-from models.errors import ConfigError
+from models.errors import ConfigError, ParameterError
 from models.experiment.config import load_config
 from models.experiment.prepare import prepare, synthesizer_manifest, write_role_split
 from models.experiment.runner import run_experiment
@@ -125,8 +125,10 @@ def test_config_refuses_a_small_test_set_and_bad_roles(tmp_path, role_dataset, t
         load_config(
             experiment_yaml(tmp_path, manifest, roles_csv, tiny_synth, primary={"strategy": "oversample"})
         )
-    with pytest.raises(ConfigError, match="balance.mode"):
+    with pytest.raises(ParameterError, match="balance.mode must be one of add, replace, got 'swap'"):
         load_config(experiment_yaml(tmp_path, manifest, roles_csv, tiny_synth, balance={"mode": "swap"}))
+    with pytest.raises(ConfigError, match="unknown key.s. in balance: step;"):
+        load_config(experiment_yaml(tmp_path, manifest, roles_csv, tiny_synth, balance={"step": 3}))
 
 
 def test_a_test_image_in_training_is_refused(tmp_path, role_dataset, tiny_synth):

@@ -51,6 +51,7 @@ from typing import Any
 
 import yaml
 
+from models.balance_settings import BalanceSettings
 from models.classifier.balancing import BEST_CLASSICAL, CLASSICAL, STRATEGIES
 from models.classifier.train_settings import ClassifierTrainSettings
 from models.data.roles import check_role_mapping, read_role_file
@@ -58,7 +59,6 @@ from models.diffusion.train_settings import TrainSettings
 from models.errors import ConfigError
 from models.spec import check_value, params_of
 
-BALANCE_MODES = ("add", "replace")
 CHOSEN_ON_VAL = "chosen-on-val"  # balance.guidance: the scale models.experiment.guidance chose on val
 
 
@@ -105,6 +105,10 @@ SYNTHESIZER_KEYS = tuple(
     not in ("manifest", "lesion_label", "normal_label", "device", "processes", "all_regions", "init_from")
 )
 _SYNTHESIZER_OWN = ("model", "roles", "pretrain", "copy_paste")
+#: balance keys that are balance parameters; and the experiment's own (count may be "parity", guidance
+#: "chosen-on-val", filter and source_roles are the experiment's).
+BALANCE_KEYS = ("seed", "mode", "steps", "strength", "eta", "resample")
+_BALANCE_OWN = ("count", "guidance", "filter", "source_roles")
 #: classifier keys: train-classifier parameters but those the experiment sets per unit or for all.
 CLASSIFIER_KEYS = tuple(
     name
@@ -165,9 +169,6 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
         if "model" in series:
             values["series"] = {**series, "model": str((base / series["model"]).resolve())}
     values["primary"] = _parse_primary(values.get("primary") or {}, values["strategies"])
-    mode = values.get("balance", {}).get("mode", "add")
-    if mode not in BALANCE_MODES:
-        raise ConfigError(f"balance.mode must be one of {', '.join(BALANCE_MODES)}, not {mode!r}")
     _check_section(
         "synthesizer", values.get("synthesizer", {}), TrainSettings, SYNTHESIZER_KEYS, _SYNTHESIZER_OWN
     )
@@ -178,6 +179,7 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     if guidance is not None and guidance != CHOSEN_ON_VAL and not isinstance(guidance, int | float):
         raise ConfigError(f"balance.guidance must be a number or {CHOSEN_ON_VAL!r}, not {guidance!r}")
     _check_section("classifier", values.get("classifier", {}), ClassifierTrainSettings, CLASSIFIER_KEYS)
+    _check_section("balance", values.get("balance", {}), BalanceSettings, BALANCE_KEYS, _BALANCE_OWN)
     return ExperimentConfig(**values, source=source)
 
 
