@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import grpc
@@ -184,6 +185,14 @@ def test_bad_inputs_and_metrics(service, images):
             == 200
         )
         metrics = http.get("/metrics").text
+        # The document declares what the service answers: problem details, base64 as base64.
+        doc = http.get("/docs.json").json()
+    batch = doc["paths"]["/classify_batch"]["post"]
+    assert batch["requestBody"]["required"] is True
+    for status in ("400", "401", "413", "422", "429", "500", "503"):
+        assert "application/problem+json" in batch["responses"][status]["content"], status
+    text = json.dumps(batch["requestBody"]) + json.dumps(doc["components"])
+    assert '"format": "byte"' in text and '"contentEncoding": "base64"' in text
     for name in (
         "lesionsynth_classifier_probability_bucket",
         "lesionsynth_classifier_decisions_total",
