@@ -29,7 +29,9 @@ def service(name: str, runs: Path, rest: int | None = None, grpc_port: int | Non
     environment wins), ports from LESIONSYNTH_<NAME>_{REST,GRPC}_PORT or the table's defaults."""
     spec = SERVICES[name]
     env = {
-        "BENTOML_HOME": str(runs / "bentoml"),
+        # One home per service, as one container per service has: BentoML keeps its Prometheus
+        # multiprocess files there, and services sharing them would export each other's samples.
+        "BENTOML_HOME": str(runs / "bentoml" / name),
         "BENTOML_DO_NOT_TRACK": "True",
         "HF_HUB_OFFLINE": "1",
         "LESIONSYNTH_MODEL_STORE": str(runs / "model-store"),

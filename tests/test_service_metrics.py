@@ -59,13 +59,6 @@ def exercise(name: str, url: str, grpc_target: str, image: bytes, mask: bytes) -
             training_pb2_grpc.TrainingStub(channel).ListJobs(training_pb2.ListJobsRequest())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="make serve gives the three services one BENTOML_HOME, hence one Prometheus multiprocess directory: "
-    "each /metrics aggregates the others' samples (the classifier exports lesionsynth_jobs) and a later "
-    "start clears the earlier services' files. Fix: a BENTOML_HOME per service in services/launch.py "
-    '(runs / "bentoml" / name; tested with that change: passes), then drop this marker.',
-)
 def test_each_service_exports_its_own_families_and_the_shared_ones(
     tmp_path, tiny_synth, serving_classifier, normal_pair
 ):
