@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from models.diffusion.sampler_settings import MAX_SEED, MAX_STEPS
+from models.diffusion.sampler_settings import MAX_SEED, SamplerSettings
 from models.errors import LesionsynthError
 from services.common.errors import content_error
 from services.common.metrics import REJECTED
-from services.common.payloads import BASE64, b64
+from services.common.payloads import BASE64, b64, optional_field
 from services.common.settings import process_settings
 from services.synthesis.handler import SynthesisTask, parse_task
 from services.synthesis.settings import SynthesisSettings
@@ -27,12 +27,8 @@ class SynthesisItem(BaseModel):
         description="Mask of the same size, base64; pixels > 127 are inside.", json_schema_extra=BASE64
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Unset: drawn by the server and returned.")
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="DDIM steps; unset: the default.")
-    # ge, not gt: BentoML writes OpenAPI 3.0, where a numeric exclusiveMinimum is invalid (schemathesis
-    # refused the schema); 0 itself is refused by parse_task with "strength must be in (0, 1]".
-    strength: float | None = Field(
-        None, ge=0.0, le=1.0, description="Start noise level in (0, 1]; unset: the default."
-    )
+    steps: int | None = optional_field(SamplerSettings, "steps")
+    strength: float | None = optional_field(SamplerSettings, "strength")  # 0 refused by parse_task
     _task: SynthesisTask | None = PrivateAttr(None)
 
     @model_validator(mode="after")
