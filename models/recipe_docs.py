@@ -12,6 +12,7 @@ from models.balance_settings import BalanceSettings
 from models.classifier.train_settings import ClassifierTrainSettings
 from models.diffusion.sampler_settings import SamplerSettings
 from models.diffusion.train_settings import TrainSettings
+from models.experiment.config import ExperimentConfig
 from models.spec import markdown_table
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
@@ -27,6 +28,7 @@ RECIPES = (
     ),
     ("balance", BalanceSettings, "models/balance_settings.py", "models/balance.py"),
     ("sampler", SamplerSettings, "models/diffusion/sampler_settings.py", "models/diffusion/inpaint.py"),
+    ("experiment", ExperimentConfig, "models/experiment/config.py", "models/experiment/runner.py"),
 )
 
 
@@ -40,7 +42,13 @@ def render() -> str:
     ]
     for title, spec, declared, used in RECIPES:
         parts.append(f"\n## {title}\n\nDeclared in `{declared}`, read by `{used}`.\n\n")
-        parts.append(markdown_table(spec))
+        if spec is ExperimentConfig:
+            parts.append(
+                "The experiment is a YAML file (experiments/); its top-level keys below. Its `synthesizer`, "
+                "`classifier` and `balance` sections take the parameters of the recipes above (those the "
+                "experiment does not set itself), checked against the same declarations.\n\n"
+            )
+        parts.append(markdown_table(spec, surfaces=spec is not ExperimentConfig))
     return "".join(parts)
 
 

@@ -110,6 +110,13 @@ def param(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def same_as(spec, name: str) -> Any:
+    """Another recipe's parameter ``name`` as it is declared there, default included: how a recipe that
+    passes a value on (the experiment's ``target_sensitivity`` to train-classifier) declares it once."""
+    p, default = params_of(spec)[name]
+    return dataclasses.field(default=default, metadata={"param": p})
+
+
 def optional(spec, name: str) -> Any:
     """Another recipe's parameter ``name``, unset (None) by default: unset means that recipe's default.
 
@@ -216,15 +223,19 @@ def cli_parameters(cls, exclude: Iterable[str] = (), unset: bool = False) -> lis
     return out
 
 
-def markdown_table(cls) -> str:
-    """A markdown table of the recipe's parameters: default, allowed values, where offered, help."""
-    lines = ["| parameter | default | allowed | offered | what it does |", "|---|---|---|---|---|"]
+def markdown_table(cls, surfaces: bool = True) -> str:
+    """A markdown table of the recipe's parameters: default, allowed values, where offered (the job API,
+    the CLI; ``surfaces=False`` for a config file's keys, which has no such column), help."""
+    offered_in = {(True, True): "job, CLI", (True, False): "job", (False, True): "CLI"}
+    head = "| parameter | default | allowed |" + (" offered |" if surfaces else "") + " what it does |"
+    lines = [head, "|---|---|---|" + ("---|" if surfaces else "") + "---|"]
     for name, (p, default) in params_of(cls).items():
         shown = "required" if default is REQUIRED else "unset" if default is None else f"`{default!r}`"
-        offered = {(True, True): "job, CLI", (True, False): "job", (False, True): "CLI"}.get((p.job, p.cli))
-        if offered is None:
+        offered = offered_in.get((p.job, p.cli))
+        if surfaces and offered is None:
             continue
-        lines.append(f"| `{name}` | {shown} | {p.describe() or p.kind} | {offered} | {p.help} |")
+        where = f" {offered} |" if surfaces else ""
+        lines.append(f"| `{name}` | {shown} | {p.describe() or p.kind} |{where} {p.help} |")
     return "\n".join(lines) + "\n"
 
 

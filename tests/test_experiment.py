@@ -122,6 +122,11 @@ def test_config_errors(tmp_path, demo_manifest, tiny_synth):
         load_config(write_config(tmp_path, demo_manifest, tiny_synth, synthesizer={"max_step": 3}))
     with pytest.raises(ParameterError, match=r"synthesizer.batch_size must be in \[1, 1024\], got 0"):
         load_config(write_config(tmp_path, demo_manifest, tiny_synth, synthesizer={"batch_size": 0}))
+    # top-level keys are declared too (models/experiment/config.py): a value out of range fails at load
+    with pytest.raises(ParameterError, match=r"target_sensitivity must be in \(0, 1\], got 0"):
+        load_config(write_config(tmp_path, demo_manifest, tiny_synth, target_sensitivity=0))
+    with pytest.raises(ParameterError, match=r"workers must be in \[1, 64\], got 0"):
+        load_config(write_config(tmp_path, demo_manifest, tiny_synth, workers=0))
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     units = all_units(load_config(write_config(tmp_path, demo_manifest, tiny_synth)))

@@ -57,18 +57,18 @@ from models.classifier.train_settings import ClassifierTrainSettings
 from models.data.roles import check_role_mapping, read_role_file
 from models.diffusion.train_settings import TrainSettings
 from models.errors import ConfigError
-from models.spec import check_value, params_of
+from models.spec import check_fields, check_value, param, params_of, same_as
 
 CHOSEN_ON_VAL = "chosen-on-val"  # balance.guidance: the scale models.experiment.guidance chose on val
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str
-    manifest: Path
-    out: Path
-    positive_label: str
-    normal_label: str
+    name: str = param(kind="text", help="The experiment's name (report titles).")
+    manifest: Path = param(kind="path", help="CSV manifest, relative to the config file.")
+    out: Path = param(kind="path", help="Output folder, relative to the config file (the job sets it).")
+    positive_label: str = param(kind="label", help="The lesion class (the classifier's positive).")
+    normal_label: str = param(kind="label", help="The class synthetic lesions are painted into.")
     split: dict = field(default_factory=lambda: {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 0})
     synthesizer: dict = field(default_factory=dict)
     balance: dict = field(default_factory=lambda: {"count": "parity"})
@@ -80,10 +80,13 @@ class ExperimentConfig:
     reuse_units: Path | None = None
     strategies: tuple[str, ...] = STRATEGIES
     seeds: tuple[int, ...] = (0, 1, 2)
-    workers: int = 1
-    target_sensitivity: float = 0.9
-    device: str | None = None
+    workers: int = param(1, lo=1, hi=64, help="Units trained at once (processes).")
+    target_sensitivity: float = same_as(ClassifierTrainSettings, "target_sensitivity")
+    device: str | None = same_as(ClassifierTrainSettings, "device")
     source: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @property
     def role_file(self) -> Path | None:
@@ -107,7 +110,7 @@ SYNTHESIZER_KEYS = tuple(
 _SYNTHESIZER_OWN = ("model", "roles", "pretrain", "copy_paste")
 #: balance keys that are balance parameters; and the experiment's own (count may be "parity", guidance
 #: "chosen-on-val", filter and source_roles are the experiment's).
-BALANCE_KEYS = ("seed", "mode", "steps", "strength", "eta", "resample")
+BALANCE_KEYS = ("seed", "mode", "masks", "steps", "strength", "eta", "resample")
 _BALANCE_OWN = ("count", "guidance", "filter", "source_roles")
 #: classifier keys: train-classifier parameters but those the experiment sets per unit or for all.
 CLASSIFIER_KEYS = tuple(
@@ -152,8 +155,6 @@ def parse_config(raw: Any, base: Path, source: Path | None = None) -> Experiment
     if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError("seeds must be a non-empty list of non-negative integers")
     values["seeds"] = tuple(seeds)
-    if not isinstance(values.get("workers", 1), int) or values.get("workers", 1) < 1:
-        raise ConfigError("workers must be an integer >= 1")
     count = values.get("balance", {}).get("count", "parity")
     if count != "parity" and not (isinstance(count, int) and count > 0):
         raise ConfigError("balance.count must be 'parity' or a positive integer")
