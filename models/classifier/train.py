@@ -44,6 +44,7 @@ from models.devices import autocast_for, backward_step, pick_device
 from models.errors import ConfigError
 from models.evaluation.roc import roc_auc, sensitivity_specificity, threshold_for_sensitivity
 from models.progress import tqdm
+from models.review import keeps_row
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,22 @@ def train_classifier(s: ClassifierTrainSettings) -> dict:
     manifest.require_label(s.positive_label)
     train_rows = [r for r in manifest.rows_in("train") if not strategy.drops_row(r.fields)]
     val_rows = [r for r in manifest.rows_in("val") if r.fields.get("synthetic", "0") != "1"]
-    if strategy.uses_synthetic and not any(r.fields.get("synthetic") == "1" for r in train_rows):
+    # A person's review (models/review.py): rejected synthetic rows never, unreviewed ones unless required.
+    reviewed = [r for r in train_rows if keeps_row(r.fields, s.require_review)]
+    n_review_dropped = len(train_rows) - len(reviewed)
+    if strategy.uses_synthetic and not any(r.fields.get("synthetic") == "1" for r in reviewed):
+        if n_review_dropped:
+            raise ConfigError(
+                f"--balance {s.balance} needs synthetic rows, and review left none: every synthetic row is "
+                "rejected" + (" or unreviewed (--require-review)" if s.require_review else "")
+            )
         raise ConfigError(
             f"--balance {s.balance} needs synthetic rows: give the manifest written by `lesionsynth balance`"
         )
+    if strategy.uses_synthetic:
+        train_rows = reviewed
+    else:
+        n_review_dropped = 0
 
     # 2. Images, decoded once.
     train = ImageTable.from_rows(train_rows, s.positive_label, s.config.image_size, s.progress, "train")
@@ -203,6 +216,7 @@ def train_classifier(s: ClassifierTrainSettings) -> dict:
             "n_pool": len(pool),
             "n_positive": int(pool.labels.sum()),
             "n_synthetic": int(pool.synthetic.sum()),
+            "n_review_dropped": n_review_dropped,
             "pos_weight": float(pos_weight),
         },
         "balance": s.balance,

@@ -33,6 +33,9 @@ class ClassifierTrainSettings(ClassifierConfig):
     target_sensitivity: float = param(
         0.9, lo=0.0, hi=1.0, lo_open=True, help="The threshold chosen on val reaches this sensitivity."
     )
+    require_review: bool = param(
+        False, help="Train only on synthetic rows accepted in review (rejected ones are always left out)."
+    )
     seed: int = param(0, kind="seed", help="Fixes the initial weights and every random draw.")
     device: str | None = param(None, kind="device", help="cpu, cuda, cuda:1 ... (unset: cuda if present).")
     resume: bool = param(False, help="Continue from the newest checkpoint in the output folder.", job=False)
