@@ -7,6 +7,8 @@ The output folder holds::
                               + one row per synthetic image (label = lesion label, split = train,
                               synthetic=1, source_image, seed, model_version)
     synthetic/syn_00000.png   the synthetic images
+    synthetic/syn_00000_mask.png  with --masks proposed|auto: the proposed mask the image was made with
+                              (its row's mask_path; mask_source = proposed | own)
     balance.json              the settings of the run (a rerun with other settings is refused)
     acceptance.csv            with an acceptance filter: every candidate tried, its score and the decision
     acceptance.json           with an acceptance filter: candidates tried, accepted, rate, threshold
@@ -34,6 +36,7 @@ from models.data.images import encode_png
 from models.data.manifest import Manifest, Row, load_manifest
 from models.diffusion.inpaint import DEFAULTS, LesionInpainter, check_seed
 from models.errors import ConfigError
+from models.masks.sources import chooser_for
 from models.progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -96,8 +99,12 @@ def balanced_manifest_text(
     lesion_label: str,
     model_version: str,
     mode: str = "add",
+    mask_files: dict[int, str] | None = None,
 ) -> str:
+    """``mask_files``: {plan index: proposed mask path} under --masks proposed|auto (adds mask_source)."""
     columns = list(manifest.columns) + [c for c in SYNTHETIC_COLUMNS if c not in manifest.columns]
+    if mask_files is not None and "mask_source" not in columns:
+        columns.append("mask_source")
     if mode == "replace" and "converted" not in columns:
         columns.append("converted")
     converted = {p.source.number for p in planned}
@@ -105,7 +112,9 @@ def balanced_manifest_text(
     for row in manifest.rows:
         fields = dict(row.fields)
         fields["image_path"] = _relative(row.image_file, out)
-        fields["mask_path"] = _relative(row.mask_file, out)
+        fields["mask_path"] = _relative(row.mask_file, out) if row.has_mask else ""
+        if row.roi_file is not None:
+            fields["roi_mask_path"] = _relative(row.roi_file, out)
         fields["synthetic"] = fields.get("synthetic") or "0"
         if mode == "replace":
             fields["converted"] = "1" if row.number in converted else "0"
@@ -115,7 +124,7 @@ def balanced_manifest_text(
         # so synthetic rows carry only what is known about them.
         fields = {
             "image_path": p.file_name,
-            "mask_path": _relative(p.source.mask_file, out),
+            "mask_path": (mask_files or {}).get(p.index) or _relative(p.source.mask_file, out),
             "label": lesion_label,
             "split": "train",
             "synthetic": "1",
@@ -123,6 +132,8 @@ def balanced_manifest_text(
             "seed": str(p.seed),
             "model_version": model_version,
         }
+        if mask_files is not None:
+            fields["mask_source"] = "proposed" if p.index in mask_files else "own"
         rows.append(Row(0, fields, out))
     return manifest.to_csv(columns=columns, rows=rows)
 
@@ -132,10 +143,10 @@ def _bar(s: BalanceSettings, done: int):
 
 
 def _synthesize(
-    inpainter, chunk: list[PlannedImage], s: BalanceSettings
+    inpainter, chunk: list[PlannedImage], s: BalanceSettings, masks=None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(synthetic image, its mask) of each planned image."""
-    pairs = [p.source.load() for p in chunk]
+    pairs = [masks.load(p) for p in chunk] if masks is not None else [p.source.load() for p in chunk]
     results = inpainter.inpaint_batch(
         [img for img, _ in pairs],
         [msk for _, msk in pairs],
@@ -156,13 +167,15 @@ def _accepted(
     filter or ``count * max_tries`` were tried; every decision is kept in ``acceptance.csv`` (a rerun
     resumes from it), only accepted images are written. Returns the accepted candidates, in plan order."""
     candidates = plan(manifest, s.normal_label, s.count * s.max_tries, s.seed, s.source_roles)
+    masks = chooser_for(manifest, s)
+    masks.check(candidates)
     decisions = read_decisions(out / "acceptance.csv")
     accepted = [c for c in candidates if decisions.get(c.index, (0.0, False))[1]]
     pending = [c for c in candidates if c.index not in decisions]
     with _bar(s, min(len(accepted), s.count)) as bar:
         while len(accepted) < s.count and pending:
             chunk, pending = pending[: s.batch_size], pending[s.batch_size :]
-            made = _synthesize(inpainter, chunk, s)
+            made = _synthesize(inpainter, chunk, s, masks)
             scores = accept.score([img for img, _ in made], [msk for _, msk in made])
             for c, (image, _), score in zip(chunk, made, scores, strict=True):
                 ok = bool(score >= accept.threshold)
@@ -237,7 +250,7 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
             if k not in ("progress", "batch_size", "out", "manifest", "model", "acceptance_filter")
             # new settings at their defaults are left out, so older runs still resume
             and not (
-                k in ("source_roles", "mode", "guidance", "accept_threshold", "max_tries")
+                k in ("source_roles", "mode", "masks", "guidance", "accept_threshold", "max_tries")
                 and v == BalanceSettings.__dataclass_fields__[k].default
             )
         },
@@ -265,6 +278,7 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
 
     if accept is None:
         planned = plan(manifest, s.normal_label, s.count, s.seed, s.source_roles)
+        chooser_for(manifest, s).check(planned)
         todo = [p for p in planned if not (out / p.file_name).is_file()]
         if len(todo) < len(planned):
             log.info(
@@ -273,17 +287,20 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
         with _bar(s, len(planned) - len(todo)) as bar:
             for start in range(0, len(todo), s.batch_size):
                 chunk = todo[start : start + s.batch_size]
-                for p, (result, _) in zip(chunk, _synthesize(inpainter, chunk, s), strict=True):
+                for p, (result, _) in zip(
+                    chunk, _synthesize(inpainter, chunk, s, chooser_for(manifest, s)), strict=True
+                ):
                     atomic_write_bytes(out / p.file_name, encode_png(result))
                 bar.update(len(chunk))
     else:
         planned = _accepted(manifest, inpainter, accept, s, out)
 
+    mask_files = chooser_for(manifest, s).save_masks(planned, out) if s.masks != "own" else None
     target = out / "manifest.csv"
     atomic_write_bytes(
         target,
         balanced_manifest_text(
-            manifest, planned, out, s.lesion_label, inpainter.model_version, s.mode
+            manifest, planned, out, s.lesion_label, inpainter.model_version, s.mode, mask_files
         ).encode(),
     )
     return target

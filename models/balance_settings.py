@@ -41,6 +41,11 @@ class BalanceSettings:
     mode: str = param(
         "add", choices=MODES, help="add: synthetic rows join the real ones; replace: converted normals leave."
     )
+    masks: str = param(
+        "own",
+        choices=("own", "proposed", "auto"),
+        help="own: each row's mask; proposed: a proposed mask (shape bank, in tissue); auto: own, else proposed.",
+    )
     #: Only normal rows whose ``role`` column is one of these are converted (None: every normal train row).
     source_roles: tuple[str, ...] | None = None
     #: An acceptance filter folder (models.acceptance): up to ``count * max_tries`` candidates are made and

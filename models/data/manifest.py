@@ -7,6 +7,11 @@ the first record row 2, as a spreadsheet shows them), so a user fixes the file o
 Extra columns are kept and written back unchanged. The optional ``split`` column (train/val/test) is added
 by :mod:`models.data.split`; anything trained reads only ``train`` (and ``val`` for model selection) rows
 through :meth:`Manifest.rows_in`, never ``test``.
+
+``mask_path`` may be empty on rows that need no mask (normal rows that ``balance --masks proposed|auto``
+gives a proposed mask); whatever needs a row's mask (training on lesion regions, ``--masks own``) says so
+with the row numbers (:meth:`Manifest.require_masks`, :meth:`Row.load`). The optional ``roi_mask_path``
+column names a region-of-interest mask: where a proposed lesion may lie (models/masks/).
 """
 
 from __future__ import annotations
@@ -54,8 +59,23 @@ class Row:
     def mask_file(self) -> Path:
         return self.root / self.fields["mask_path"]
 
+    @property
+    def has_mask(self) -> bool:
+        return bool(self.fields.get("mask_path", "").strip())
+
+    @property
+    def roi_file(self) -> Path | None:
+        """The region-of-interest mask (``roi_mask_path`` column), or None."""
+        rel = self.fields.get("roi_mask_path", "").strip()
+        return self.root / rel if rel else None
+
     def load(self, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return (image (H, W, 3) uint8, mask (H, W) bool)."""
+        if not self.has_mask:
+            raise ConfigError(
+                f"row {self.number} (label {self.label!r}) has no mask (empty mask_path) but this step needs "
+                "one; balance can propose masks for rows without one (--masks proposed or auto)"
+            )
         return (
             decode_image(self.image_file, max_pixels=max_pixels, role=f"row {self.number} image"),
             decode_mask(self.mask_file, max_pixels=max_pixels, role=f"row {self.number} mask"),
@@ -96,6 +116,15 @@ class Manifest:
                 f"label {label!r} does not occur in the manifest; labels present: {', '.join(self.labels())}"
             )
 
+    def require_masks(self, rows: Iterable[Row], why: str) -> None:
+        """ManifestError listing every row of ``rows`` with an empty ``mask_path``."""
+        missing = [r.number for r in rows if not r.has_mask]
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+            raise ManifestError(
+                [f"rows {shown} have no mask (empty mask_path); {why}"], header=f"manifest {self.path.name}"
+            )
+
     def sha256(self) -> str:
         """Hash of the manifest file's bytes: recorded in model cards to tie a model to its data."""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
@@ -118,7 +147,10 @@ class Manifest:
         target = Path(path or self.path)
         if target.resolve().parent != self.root.resolve():
             for row in self.rows:
-                for column, file in (("image_path", row.image_file), ("mask_path", row.mask_file)):
+                for column in ("image_path", "mask_path", "roi_mask_path"):
+                    if not row.fields.get(column, "").strip():
+                        continue  # an optional file: stays empty
+                    file = row.root / row.fields[column]
                     row.fields[column] = Path(
                         os.path.relpath(file.resolve(), target.resolve().parent)
                     ).as_posix()
@@ -167,12 +199,17 @@ def validate_row(row: Row, labels: Sequence[str] | None, max_pixels: int | None 
         problems.append(f"{where}: unknown label {label!r} (expected one of {', '.join(labels)})")
     if "split" in row.fields and row.fields["split"] and row.fields["split"] not in SPLITS:
         problems.append(f"{where}: unknown split {row.fields['split']!r} (expected train, val or test)")
-    image = mask = None
-    for column, loader in (("image_path", decode_image), ("mask_path", decode_mask)):
-        rel = row.fields[column].strip()
+    image = mask = roi = None
+    for column, loader in (
+        ("image_path", decode_image),
+        ("mask_path", decode_mask),
+        ("roi_mask_path", decode_mask),
+    ):
+        rel = row.fields.get(column, "").strip()
         if not rel:
-            problems.append(f"{where}: empty {column}")
-            continue
+            if column == "image_path":
+                problems.append(f"{where}: empty {column}")
+            continue  # mask_path may be empty (a proposal is made where one is needed); roi is optional
         file = row.root / rel
         if not file.is_file():
             problems.append(f"{where}: {column} file is missing")
@@ -184,8 +221,18 @@ def validate_row(row: Row, labels: Sequence[str] | None, max_pixels: int | None 
             continue
         if column == "image_path":
             image = loaded
-        else:
+        elif column == "mask_path":
             mask = loaded
+        else:
+            roi = loaded
+    if image is not None and roi is not None:
+        if roi.shape != image.shape[:2]:
+            problems.append(
+                f"{where}: roi mask is {roi.shape[1]}x{roi.shape[0]} but image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        elif not roi.any():
+            problems.append(f"{where}: roi mask is empty (no pixel > 127)")
     if image is not None and mask is not None:
         if mask.shape != image.shape[:2]:
             problems.append(

@@ -6,6 +6,8 @@
     scheduler/scheduler_config.json  the DDPM training schedule }
     model_card.json               lesionsynth's record: kind, version, config, data hash, loss curve,
                                   package versions, and the sha256 of every file above
+    shape_bank.safetensors/.json  the lesion class's train mask shapes for mask proposals (models/masks/);
+                                  hashed in the card, but not part of the model version (the weights' sha)
     checkpoints/                  training state for --resume (not needed for inference)
 
 ``model_card.json`` is written last and is the folder's commit marker: a folder without it is not a
@@ -26,6 +28,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from models.artifacts import storage_guard
 from models.diffusion.config import SynthesizerConfig
 from models.errors import ModelFolderError
+from models.masks.bank import BANK_FILES
 from models.model_card import CARD_NAME, verify_files, write_card
 from models.model_card import read_card as read_model_card
 
@@ -38,12 +41,18 @@ __all__ = ["CARD_NAME", "LoadedSynthesizer", "load_synthesizer", "read_card", "w
 
 
 def write_synthesizer(
-    out: Path, unet: UNet2DModel, scheduler: DDPMScheduler, config: SynthesizerConfig, card: dict
+    out: Path,
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    config: SynthesizerConfig,
+    card: dict,
+    bank=None,
 ) -> dict:
     """Write the inference folder into ``out`` (keeping ``out/checkpoints``); return the final card.
 
     The card is removed first and written last, so at every moment the folder is either a complete,
-    verifiable synthesizer or visibly not one.
+    verifiable synthesizer or visibly not one. ``bank``: a models.masks ShapeBank written beside the
+    weights (hashed in the card; the model version stays the weights' sha).
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD_NAME).unlink(missing_ok=True)
@@ -57,8 +66,12 @@ def write_synthesizer(
             shutil.rmtree(target)
         os.replace(staging / name, target)
     shutil.rmtree(staging, ignore_errors=True)
+    files = list(HASHED_FILES)
+    if bank is not None:
+        bank.save(out)
+        files += list(BANK_FILES)
     card = {**card, "kind": KIND, "format_version": FORMAT_VERSION, "config": config.to_dict()}
-    return write_card(out, card, HASHED_FILES, version_file=WEIGHTS)
+    return write_card(out, card, files, version_file=WEIGHTS)
 
 
 @dataclass

@@ -53,6 +53,7 @@ from models.diffusion.folder import (
 from models.diffusion.train_settings import TrainSettings, snapshot_dir
 from models.distributed import DataParallel
 from models.errors import ConfigError
+from models.masks.bank import bank_from_rows
 from models.progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
     rows = manifest.rows_in("train", s.lesion_label)
     if not rows:
         raise ConfigError(f"no 'train' rows with label {s.lesion_label!r}: nothing to learn lesions from")
+    bank_rows = rows  # the lesion class's train masks: the shape bank of mask proposals (models/masks/)
     if s.all_regions:
         rows = manifest.rows_in("train")
     labels = [1] * len(rows)
@@ -109,6 +111,8 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
             raise ConfigError(f"no 'train' rows with label {s.normal_label!r} for the normal class")
         rows, labels = normals + rows, [0] * len(normals) + labels
     manifest_sha = manifest.sha256()
+    manifest.require_masks(rows, "the synthesizer learns from the masked regions of these rows")
+    bank = bank_from_rows(bank_rows, s.lesion_label, {"manifest_sha256": manifest_sha})
 
     # 2. Lesion regions, in memory.
     show = s.progress and dp.is_main
@@ -226,7 +230,7 @@ def _train(s: TrainSettings, dp: DataParallel, device: torch.device) -> dict:
             "train_seconds": round(train_seconds, 2),
             "loss_curve": loss_curve,
         }
-        return write_synthesizer(folder, model.cpu(), noise_scheduler, config, card)
+        return write_synthesizer(folder, model.cpu(), noise_scheduler, config, card, bank=bank)
 
     # 5. Optimise.
     bar = tqdm(total=s.max_steps, initial=step, desc="train synthesizer", unit="step", disable=not show)

@@ -78,6 +78,7 @@ def balance_settings(
         progress=progress,
         source_roles=tuple(config.balance["source_roles"]) if "source_roles" in config.balance else None,
         mode=config.balance.get("mode", "add"),
+        masks=config.balance.get("masks", "own"),
         **{k: config.balance[k] for k in SAMPLER_KEYS if k in config.balance},
         guidance=balance_guidance(config),
         **acceptance_settings(config),

@@ -1,0 +1,221 @@
+"""Mask proposals (issue 13, part 1): shapes from the lesion class's train masks, placed in tissue.
+
+The images here have what defeated a naive proposal on colonoscopy and dermoscopy frames: a black frame
+border, a dark circular vignette and a bright specular glare spot. Every test can fail: a proposal in the
+border, on the glare, cut by the image edge or outside the class's size range is caught.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.errors import ManifestError
+from models.masks import ProposalError, allowed_area, load_bank, propose_mask, tissue_mask
+from models.masks.bank import build_bank, find_bank
+
+SIDE = 160
+CENTRE = (SIDE - 1) / 2
+RADIUS = 62  # the imaged disc; outside it the vignette goes to black
+FRAME = 10  # black frame border
+GLARE = (60, 95, 9)  # (row, col, radius) of the specular highlight
+
+
+def frame_image(seed: int = 0) -> np.ndarray:
+    """Pink textured tissue in a disc, a soft dark vignette, a black frame and a white glare spot."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    r = np.hypot(yy - CENTRE, xx - CENTRE)
+    tissue = np.stack([190 + 0 * r, 120 + 0 * r, 110 + 0 * r], axis=-1) + rng.normal(0, 12, (SIDE, SIDE, 3))
+    fade = np.clip((RADIUS + 6 - r) / 12, 0, 1)[..., None]  # vignette: to black over 12 px
+    image = tissue * fade
+    gy, gx, gr = GLARE
+    image[np.hypot(yy - gy, xx - gx) <= gr] = 250
+    image[:FRAME], image[-FRAME:], image[:, :FRAME], image[:, -FRAME:] = 0, 0, 0, 0
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+
+@pytest.fixture(scope="module")
+def bank():
+    """Ellipse lesions of 6-14% of the image side (sqrt of the area fraction)."""
+    rng = np.random.default_rng(1)
+    masks = []
+    for _ in range(30):
+        ry, rx = rng.uniform(6, 14), rng.uniform(6, 14)
+        masks.append(ellipse(128, 128, 64, 64, ry, rx))
+    return build_bank(masks, "lesion")
+
+
+def disc(margin: float) -> np.ndarray:
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    return np.hypot(yy - CENTRE, xx - CENTRE) <= RADIUS - margin
+
+
+def test_tissue_rule_excludes_border_vignette_and_glare():
+    image = frame_image()
+    tissue = tissue_mask(image)
+    assert not tissue[:FRAME].any() and not tissue[:, -FRAME:].any()
+    assert not tissue[~disc(-4)].any()  # nothing past the vignette
+    gy, gx, _ = GLARE
+    assert not tissue[gy, gx]
+    assert tissue[disc(8)].mean() > 0.9  # the lit disc is tissue (but for the glare)
+
+
+def test_proposals_lie_in_tissue_within_the_size_range(bank):
+    image = frame_image()
+    gy, gx, gr = GLARE
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    near_glare = np.hypot(yy - gy, xx - gx) <= gr + 2
+    lo, hi = bank.size_range
+    for seed in range(12):
+        mask = propose_mask(image, bank, seed)
+        assert mask.shape == (SIDE, SIDE) and mask.dtype == bool and mask.any()
+        assert not (mask & ~disc(2)).any(), f"seed {seed}: mask outside the lit disc (vignette/frame)"
+        assert not (mask & near_glare).any(), f"seed {seed}: mask on the specular glare"
+        border = np.ones_like(mask)
+        border[1:-1, 1:-1] = False
+        assert not (mask & border).any()
+        size = np.sqrt(mask.sum() / mask.size)
+        assert 0.8 * lo <= size <= 1.2 * hi, f"seed {seed}: size {size:.3f} outside {lo:.3f}-{hi:.3f}"
+        assert mask[image.max(axis=2) < 20].sum() == 0  # never on a black pixel
+
+
+def test_deterministic_per_seed_and_different_across_seeds(bank):
+    image = frame_image()
+    a, b = propose_mask(image, bank, 7), propose_mask(image, bank, 7)
+    assert np.array_equal(a, b)
+    masks = [propose_mask(image, bank, s) for s in range(6)]
+    assert len({m.tobytes() for m in masks}) == 6
+
+
+def test_roi_is_respected(bank):
+    image = frame_image()
+    roi = ellipse(SIDE, SIDE, 110, 60, 30, 30)
+    for seed in range(6):
+        mask = propose_mask(image, bank, seed, roi=roi)
+        assert not (mask & ~roi).any()
+    assert allowed_area(image, roi).sum() < roi.sum()  # eroded: a margin inside the ROI's edge
+
+
+def test_no_placement_says_why(bank):
+    dark = np.zeros((SIDE, SIDE, 3), dtype=np.uint8)
+    with pytest.raises(ProposalError, match="no place for a lesion"):
+        propose_mask(dark, bank, 0)
+    tiny_roi = ellipse(SIDE, SIDE, 80, 80, 6, 6)
+    with pytest.raises(ProposalError, match="no placement fits|no place"):
+        propose_mask(frame_image(), bank, 0, roi=tiny_roi)
+
+
+def test_bank_round_trip_and_sha_check(tmp_path, bank):
+    meta = bank.save(tmp_path / "bank")
+    loaded = load_bank(tmp_path / "bank")
+    assert np.array_equal(loaded.shapes, bank.shapes) and loaded.size_range == pytest.approx(bank.size_range)
+    assert find_bank(tmp_path / "bank") == meta
+    file_bank = bank.save(tmp_path / "other" / "lesions.safetensors")
+    assert load_bank(file_bank).size_range == pytest.approx(bank.size_range)
+    tensors = tmp_path / "bank" / "shape_bank.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    from models.errors import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="sha256"):
+        load_bank(tmp_path / "bank")
+
+
+def test_synthesizer_folder_carries_its_bank(tiny_synth):
+    from models.diffusion.inpaint import LesionInpainter
+
+    bank = load_bank(tiny_synth)
+    assert len(bank) > 0 and bank.lesion_label == "lesion"
+    LesionInpainter.from_pretrained(tiny_synth, device="cpu", verify=True)  # the card hashes the bank
+
+
+def without_normal_masks(demo_manifest: Path, out: Path) -> Path:
+    """A copy of the demo manifest (in ``out``) whose normal rows have no mask_path."""
+    out.mkdir(parents=True, exist_ok=True)
+    with demo_manifest.open() as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for column in ("image_path", "mask_path"):
+            if row[column]:
+                row[column] = os.path.relpath(demo_manifest.parent / row[column], out)
+        if row["label"] == "normal":
+            row["mask_path"] = ""
+    path = out / "manifest.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_balance_cli_proposes_masks_for_rows_without_one(tmp_path, demo_manifest, tiny_synth):
+    from typer.testing import CliRunner
+
+    from lesionsynth.cli import app
+    from models.data.manifest import load_manifest
+
+    manifest = without_normal_masks(demo_manifest, tmp_path / "data")
+    load_manifest(manifest)  # empty mask_path on normal rows is valid
+    common = ["balance", "--manifest", manifest, "--model", tiny_synth, "--normal-label", "normal"]
+    common += ["--lesion-label", "lesion", "--count", 3, "--batch-size", 3, "--no-progress"]
+    runner = CliRunner()
+    own = runner.invoke(app, [str(a) for a in [*common, "--out", tmp_path / "own"]])
+    assert (
+        own.exit_code == 2 and "no mask" in own.output and "--masks proposed" in " ".join(own.output.split())
+    )
+
+    out = tmp_path / "balanced"
+    result = runner.invoke(app, [str(a) for a in [*common, "--masks", "proposed", "--out", out]])
+    assert result.exit_code == 0, result.output
+    balanced = load_manifest(out / "manifest.csv")
+    synthetic = [r for r in balanced.rows if r.fields["synthetic"] == "1"]
+    bank = load_bank(tiny_synth)
+    assert len(synthetic) == 3
+    for row in synthetic:
+        assert row.fields["mask_source"] == "proposed"
+        assert row.fields["mask_path"].startswith("synthetic/syn_") and row.fields["mask_path"].endswith(
+            "_mask.png"
+        )
+        image, mask = row.load()
+        source = np.asarray(Image.open(out / row.fields["source_image"]).convert("RGB"))
+        assert mask.any() and not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+        size = np.sqrt(mask.mean())
+        assert 0.7 * bank.size_range[0] <= size <= 1.3 * bank.size_range[1]
+        assert (image[mask] != source[mask]).any()  # painted inside the proposal
+    normals = [r for r in balanced.rows if r.label == "normal"]
+    assert all(r.fields["mask_path"] == "" for r in normals)
+    # resumable, and the same proposals again
+    before = {r.fields["mask_path"]: (out / r.fields["mask_path"]).read_bytes() for r in synthetic}
+    again = runner.invoke(app, [str(a) for a in [*common, "--masks", "proposed", "--out", out]])
+    assert again.exit_code == 0, again.output
+    assert all((out / name).read_bytes() == data for name, data in before.items())
+
+
+def test_lesion_rows_still_need_masks(tmp_path, demo_manifest):
+    from models.data.manifest import load_manifest
+
+    manifest = without_normal_masks(demo_manifest, tmp_path / "data")
+    text = manifest.read_text().splitlines()
+    header = text[0].split(",")
+    lesion = next(
+        i for i, line in enumerate(text[1:], 1) if line.split(",")[header.index("label")] == "lesion"
+    )
+    fields = text[lesion].split(",")
+    fields[header.index("mask_path")] = ""
+    text[lesion] = ",".join(fields)
+    manifest.write_text("\n".join(text) + "\n")
+    m = load_manifest(manifest)
+    with pytest.raises(ManifestError, match=f"rows {lesion + 1} have no mask \\(empty"):
+        m.require_masks([r for r in m.rows if r.label == "lesion"], "the synthesizer learns from them")
