@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from models.acceptance import AcceptanceFilter
-from models.artifacts import atomic_write_bytes, atomic_write_json
+from models.artifacts import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from models.audit import LOCAL, AuditEntry, AuditLog, open_audit_log
 from models.balance_settings import BalanceSettings
 from models.data.images import encode_png
 from models.data.manifest import Manifest, Row, load_manifest
@@ -38,6 +39,7 @@ from models.diffusion.inpaint import DEFAULTS, LesionInpainter, check_seed
 from models.errors import ConfigError
 from models.masks.sources import chooser_for
 from models.progress import tqdm
+from models.provenance import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,45 @@ def _synthesize(
     return [(result, msk) for result, (_, msk) in zip(results, pairs, strict=True)]
 
 
+class _Saver:
+    """Writes a synthetic image with its provenance (PNG text chunks) and records it in the audit log
+    (models/audit.py) when one is configured."""
+
+    def __init__(self, out: Path, model_version: str, audit: AuditLog | None, source: str):
+        self.out, self.model_version, self.audit, self.source = out, model_version, audit, source
+
+    def __call__(self, p: PlannedImage, image: np.ndarray, mask: np.ndarray) -> None:
+        image_sha = sha256_file(p.source.image_file)
+        mask_path = p.source.fields.get("mask_path")
+        if mask_path and p.source.mask_file.is_file():
+            mask_sha = sha256_file(p.source.mask_file)
+        else:  # a proposed mask: the hash of its PNG
+            mask_sha = sha256_bytes(encode_png(mask.astype(np.uint8) * 255))
+        png = encode_png(image, provenance=Provenance(self.model_version, p.seed, image_sha))
+        output_sha = atomic_write_bytes(self.out / p.file_name, png)
+        if self.audit is not None:
+            self.audit.record(
+                [
+                    AuditEntry.new(
+                        actor=LOCAL,
+                        source=self.source,
+                        model_version=self.model_version,
+                        seed=p.seed,
+                        image_sha256=image_sha,
+                        mask_sha256=mask_sha,
+                        output_sha256=output_sha,
+                    )
+                ]
+            )
+
+
 def _accepted(
-    manifest: Manifest, inpainter, accept: AcceptanceFilter, s: BalanceSettings, out: Path
+    manifest: Manifest,
+    inpainter,
+    accept: AcceptanceFilter,
+    s: BalanceSettings,
+    out: Path,
+    save: _Saver,
 ) -> list[PlannedImage]:
     """Make candidates in plan order (the first ``count`` are the unfiltered plan) until ``count`` pass the
     filter or ``count * max_tries`` were tried; every decision is kept in ``acceptance.csv`` (a rerun
@@ -177,11 +216,11 @@ def _accepted(
             chunk, pending = pending[: s.batch_size], pending[s.batch_size :]
             made = _synthesize(inpainter, chunk, s, masks)
             scores = accept.score([img for img, _ in made], [msk for _, msk in made])
-            for c, (image, _), score in zip(chunk, made, scores, strict=True):
+            for c, (image, msk), score in zip(chunk, made, scores, strict=True):
                 ok = bool(score >= accept.threshold)
                 decisions[c.index] = (float(score), ok)
                 if ok:
-                    atomic_write_bytes(out / c.file_name, encode_png(image))
+                    save(c, image, msk)
                     accepted.append(c)
             _write_decisions(out / "acceptance.csv", decisions)
             bar.update(min(len(accepted), s.count) - bar.n)
@@ -220,8 +259,17 @@ def _write_decisions(path: Path, decisions: dict[int, tuple[float, bool]]) -> No
     atomic_write_bytes(path, ("candidate,score,accepted\n" + "\n".join(rows) + "\n").encode())
 
 
-def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None) -> Path:
+def balance_dataset(
+    s: BalanceSettings,
+    inpainter: LesionInpainter | None = None,
+    *,
+    audit_source: str = "cli",
+    audit_default: Path | None = None,
+) -> Path:
     """Run (or resume) a balancing; return the path of the new manifest.
+
+    Every synthetic PNG carries its provenance; each is recorded in the audit log named by
+    ``LESIONSYNTH_AUDIT_DB`` (else ``audit_default``; neither: no log) as ``audit_source``.
 
     ``inpainter``: anything with ``model_version`` and ``inpaint_batch`` (e.g. the synthesis service's
     ``services.client.remote_inpainter.RemoteInpainter``); default: ``s.model`` loaded in this process.
@@ -276,6 +324,7 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
     else:
         atomic_write_json(record, settings)
 
+    save = _Saver(out, inpainter.model_version, open_audit_log(audit_default), audit_source)
     if accept is None:
         planned = plan(manifest, s.normal_label, s.count, s.seed, s.source_roles)
         chooser_for(manifest, s).check(planned)
@@ -287,13 +336,13 @@ def balance_dataset(s: BalanceSettings, inpainter: LesionInpainter | None = None
         with _bar(s, len(planned) - len(todo)) as bar:
             for start in range(0, len(todo), s.batch_size):
                 chunk = todo[start : start + s.batch_size]
-                for p, (result, _) in zip(
+                for p, (result, msk) in zip(
                     chunk, _synthesize(inpainter, chunk, s, chooser_for(manifest, s)), strict=True
                 ):
-                    atomic_write_bytes(out / p.file_name, encode_png(result))
+                    save(p, result, msk)
                 bar.update(len(chunk))
     else:
-        planned = _accepted(manifest, inpainter, accept, s, out)
+        planned = _accepted(manifest, inpainter, accept, s, out, save)
 
     mask_files = chooser_for(manifest, s).save_masks(planned, out) if s.masks != "own" else None
     target = out / "manifest.csv"

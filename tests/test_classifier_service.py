@@ -272,3 +272,24 @@ def test_the_classifier_service_runs_without_torch(serving_classifier):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_a_dicom_image_scores_like_its_png(service, images):
+    """DICOM goes through the same decode path (models/data/dicom.py): a multipart part holding a DICOM
+    file, base64 JSON and gRPC bytes score exactly like the same pixels as PNG."""
+    from dicom_samples import dataset, to_bytes
+
+    image = images[0]
+    dicom = to_bytes(dataset(image))
+    with httpx.Client(base_url=service.url, headers=AUTH, timeout=60) as http:
+        png = http.post("/classify", files={"image": ("x.png", png_bytes(image), "image/png")})
+        dcm = http.post("/classify", files={"image": ("x.dcm", dicom, "application/dicom")})
+        batch = http.post("/classify_batch", json={"items": [{"image": base64.b64encode(dicom).decode()}]})
+    assert png.status_code == dcm.status_code == batch.status_code == 200, dcm.text
+    assert dcm.json()["probability"] == png.json()["probability"]
+    assert batch.json()[0]["probability"] == png.json()["probability"]
+    with grpc.insecure_channel(service.grpc_target) as channel:
+        reply = classifier_pb2_grpc.ClassifierStub(channel).Classify(
+            classifier_pb2.ClassifyRequest(image=dicom), metadata=GRPC_AUTH
+        )
+    assert abs(reply.probability - png.json()["probability"]) < 1e-6

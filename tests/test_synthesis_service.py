@@ -463,3 +463,36 @@ def test_cuda_requested_without_a_gpu_is_refused_in_one_line(tiny_synth, tmp_pat
     monkeypatch.setenv("LESIONSYNTH_DEVICE", "cuda")
     with pytest.raises(ConfigError, match="LESIONSYNTH_DEVICE=cuda but torch sees no CUDA device"):
         SynthesisHandler(SynthesisSettings.from_env())
+
+
+def test_dicom_in_provenance_out_and_the_audit_log(service, http, stub, pair):
+    """A DICOM image (a multipart part, gRPC bytes) goes through the same decode path; every result PNG
+    carries its provenance and one audit row (source rest | grpc, the source's sha256; no pixels)."""
+    from pathlib import Path
+
+    from dicom_samples import dataset, to_bytes
+
+    from models.artifacts import sha256_bytes
+    from models.audit import AuditLog
+    from models.provenance import read_provenance
+
+    image, _, _, mask_png = pair
+    dicom = to_bytes(dataset(image))
+    r = http.post(
+        "/synthesize",
+        files={"image": ("i.dcm", dicom, "application/dicom"), "mask": ("m.png", mask_png, "image/png")},
+        data={"seed": "11", "steps": str(STEPS)},
+    )
+    assert r.status_code == 200, r.text
+    made = read_provenance(r.content)
+    assert made is not None and (made.seed, made.source_sha256) == (11, sha256_bytes(dicom))
+    assert made.model_version == r.headers["x-model-version"]
+    reply = stub.Synthesize(synthesis_pb2.SynthesizeRequest(image=dicom, mask=mask_png, seed=11, steps=STEPS))
+    assert read_provenance(reply.image_png) == made
+
+    audit = AuditLog(Path(service.env["LESIONSYNTH_MODEL_STORE"]).resolve().parent / "audit.sqlite")
+    rows = audit.find(sha256_bytes(r.content)) + audit.find(sha256_bytes(reply.image_png))
+    assert {e.source for e in rows} == {"rest", "grpc"}
+    for e in rows:
+        assert e.actor == "anonymous" and e.seed == 11 and e.image_sha256 == sha256_bytes(dicom)
+        assert e.mask_sha256 == sha256_bytes(mask_png)

@@ -61,29 +61,61 @@ def train_synthesizer_cmd(
 def synthesize_cmd(
     image: Annotated[Path, typer.Option(help="Input image.")],
     mask: Annotated[Path, typer.Option(help="Mask: > 127 marks where to paint the lesion.")],
-    out: Annotated[Path, typer.Option(help="Output PNG.")],
+    out: Annotated[Path, typer.Option(help="Output PNG, or DICOM (.dcm; its mask as OUT.seg.dcm).")],
     model: Annotated[Path | None, typer.Option(help="Synthesizer folder (or use --remote).")] = None,
     remote: RemoteOpt = None,
     seed: SeedOpt = 0,
+    out_format: Annotated[
+        str | None,
+        typer.Option("--format", help="png or dicom (default: dicom when --out ends in .dcm, else png)."),
+    ] = None,
     sampler: dict | None = None,
 ) -> None:
-    """Paint a synthetic lesion into the masked region of one image (here, or on a synthesis service)."""
-    from models.artifacts import atomic_write_bytes
+    """Paint a synthetic lesion into the masked region of one image (here, or on a synthesis service).
+
+    Inputs may be PNG, JPEG, ... or DICOM. DICOM out (a DICOM source only): a new Secondary Capture series
+    in the source's study marked SYNTHETIC, and the mask as a DICOM SEG beside it (OUT.seg.dcm)."""
+    from models.artifacts import atomic_write_bytes, sha256_file
+    from models.audit import LOCAL, AuditEntry, open_audit_log
+    from models.data import dicom
     from models.data.images import decode_image, decode_mask, encode_png
     from models.errors import ConfigError
+    from models.provenance import Provenance
 
+    out_format = out_format or ("dicom" if out.suffix.lower() == ".dcm" else "png")
+    if out_format not in ("png", "dicom"):
+        raise ConfigError(f"--format must be png or dicom, got {out_format!r}")
+    if out_format == "dicom" and not dicom.is_dicom(image):
+        raise ConfigError("DICOM output needs a DICOM source image (the new series joins its study)")
     img = decode_image(image, role="image")
     msk = decode_mask(mask, role="mask")
     settings = dict(seed=seed, **sampler)
     if remote:
-        result = remote_inpainter(remote).inpaint(img, msk, **settings)
+        inpainter = remote_inpainter(remote)
     elif model is None:
         raise ConfigError("give --model FOLDER or --remote URL")
     else:
         from models.diffusion.inpaint import LesionInpainter
 
-        result = LesionInpainter.from_pretrained(model).inpaint(img, msk, **settings)
-    atomic_write_bytes(out, encode_png(result))
+        inpainter = LesionInpainter.from_pretrained(model)
+    result = inpainter.inpaint(img, msk, **settings)
+    source_sha = sha256_file(image)
+    if out_format == "dicom":
+        source = dicom.read_dataset(image)
+        made = dicom.write_synthetic_dicom(
+            source, result, inpainter.model_version, seed, source_sha256=source_sha
+        )
+        digest = atomic_write_bytes(out, dicom.dataset_bytes(made))
+        seg = dicom.write_mask_seg(made, msk, inpainter.model_version, seed)
+        atomic_write_bytes(out.with_name(out.stem + ".seg.dcm"), dicom.dataset_bytes(seg))
+    else:
+        provenance = Provenance(inpainter.model_version, seed, source_sha)
+        digest = atomic_write_bytes(out, encode_png(result, provenance=provenance))
+    audit = open_audit_log()  # only when LESIONSYNTH_AUDIT_DB is set
+    if audit is not None:
+        entry = dict(actor=LOCAL, source="cli", model_version=inpainter.model_version, seed=seed)
+        hashes = dict(image_sha256=source_sha, mask_sha256=sha256_file(mask), output_sha256=digest)
+        audit.record([AuditEntry.new(**entry, **hashes)])
     typer.echo(f"wrote {out}")
 
 

@@ -22,11 +22,15 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from models.errors import ConfigError, InvalidImageError, InvalidMaskError
+
+if TYPE_CHECKING:
+    from models.provenance import Provenance
 
 #: Default pixel limit (width * height): 40 megapixels, above any dermoscope or colposcope frame we know.
 #: Overridable per call and by ``LESIONSYNTH_MAX_PIXELS`` (parsed by :func:`max_pixels_from_env` only).
@@ -48,8 +52,10 @@ MODE_NAMES = {
     "LAB": "CIELAB",
     "HSV": "HSV",
 }
-#: Formats we decode. Anything else (SVG, PDF, EPS, ...) is refused before a decoder runs.
-ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+#: Formats we decode. Anything else (SVG, PDF, EPS, ...) is refused before a decoder runs. DICOM (bytes
+#: with "DICM" at offset 128) is decoded by models/data/dicom.py (pydicom), the others by Pillow.
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "DICOM")
+PILLOW_FORMATS = tuple(f for f in ALLOWED_FORMATS if f != "DICOM")
 
 # PIL's own bomb check (warn at ~89 MP, raise at 2x) would pre-empt our configurable limit with a less
 # helpful message; we check width * height from the header ourselves before any decode, so turn it off.
@@ -100,6 +106,28 @@ def check_pixel_format(img: Image.Image, role: str, error: type[Exception] = Inv
         )
 
 
+def check_size(width: int, height: int, role: str, limit: int, min_side: int = 1) -> None:
+    """The size rules of every format, read from the header before any pixel is decoded."""
+    if width <= 0 or height <= 0:
+        raise InvalidImageError(f"{role}: has zero size")
+    if width * height > limit:
+        raise InvalidImageError(
+            f"{role}: {width}x{height} = {width * height:,} pixels is over the limit of {limit:,} pixels"
+        )
+    if min(width, height) < min_side:
+        raise InvalidImageError(
+            f"{role}: {width}x{height} is under the minimum of {min_side} pixels per side "
+            "(LESIONSYNTH_MIN_IMAGE_SIDE)"
+        )
+
+
+def _dicom(data: bytes | Path):
+    """models.data.dicom when ``data`` is DICOM (its module imports pydicom only when used), else None."""
+    from models.data import dicom
+
+    return dicom if dicom.is_dicom(data) else None
+
+
 def _open(
     data: bytes | Path,
     role: str,
@@ -112,25 +140,14 @@ def _open(
     if isinstance(source, Path) and not source.is_file():
         raise InvalidImageError(f"{role}: file not found")
     try:
-        img = Image.open(source, formats=ALLOWED_FORMATS)
+        img = Image.open(source, formats=PILLOW_FORMATS)
     except UnidentifiedImageError as exc:
         raise InvalidImageError(
             f"{role}: not a supported image (expected one of {', '.join(ALLOWED_FORMATS)})"
         ) from exc
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(f"{role}: cannot be read as an image ({type(exc).__name__})") from exc
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise InvalidImageError(f"{role}: has zero size")
-    if width * height > limit:
-        raise InvalidImageError(
-            f"{role}: {width}x{height} = {width * height:,} pixels is over the limit of {limit:,} pixels"
-        )
-    if min(width, height) < min_side:
-        raise InvalidImageError(
-            f"{role}: {width}x{height} is under the minimum of {min_side} pixels per side "
-            "(LESIONSYNTH_MIN_IMAGE_SIDE)"
-        )
+    check_size(*img.size, role, limit, min_side)
     check_pixel_format(img, role, format_error)
     try:
         img.load()  # full decode: a truncated file raises here
@@ -142,7 +159,12 @@ def _open(
 def decode_image(
     data: bytes | Path, *, max_pixels: int | None = None, min_side: int = 1, role: str = "image"
 ) -> np.ndarray:
-    """Decode bytes or a file into an RGB uint8 array of shape (H, W, 3) (the module's format rule)."""
+    """Decode bytes or a file into an RGB uint8 array of shape (H, W, 3) (the module's format rule; DICOM:
+    models/data/dicom.py's rule)."""
+    if dicom := _dicom(data):
+        return dicom.decode_dicom_image(
+            data, max_pixels=max_pixels or max_pixels_from_env(), min_side=min_side, role=role
+        )
     img = _open(data, role, max_pixels, min_side)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on black rather than dropping alpha blindly: transparent pixels become background.
@@ -156,8 +178,13 @@ def decode_mask(
     data: bytes | Path, *, max_pixels: int | None = None, min_side: int = 1, role: str = "mask"
 ) -> np.ndarray:
     """Decode an 8-bit image (the module's format rule) into a boolean mask of shape (H, W): a pixel > 127
-    is inside. Colour masks are converted to luminance first; an alpha channel is ignored.
+    is inside. Colour masks are converted to luminance first; an alpha channel is ignored. DICOM: a SEG
+    (the union of its segments) or an image (models/data/dicom.py).
     """
+    if dicom := _dicom(data):
+        return dicom.decode_dicom_mask(
+            data, max_pixels=max_pixels or max_pixels_from_env(), min_side=min_side, role=role
+        )
     img = _open(data, role, max_pixels, min_side, format_error=InvalidMaskError)
     return np.asarray(img.convert("L"), dtype=np.uint8) > 127
 
@@ -176,8 +203,10 @@ def check_pair(image: np.ndarray, mask: np.ndarray, *, role: str = "") -> None:
         raise InvalidMaskError(f"{prefix}mask is empty (no pixel > 127): nothing to paint into")
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Encode an (H, W, 3) or (H, W) uint8 array as PNG bytes."""
+def encode_png(image: np.ndarray, provenance: Provenance | None = None) -> bytes:
+    """Encode an (H, W, 3) or (H, W) uint8 array as PNG bytes; a synthetic image passes its
+    ``provenance`` (models/provenance.py), saved as PNG text chunks."""
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    extra = {} if provenance is None else {"pnginfo": provenance.png_info()}
+    Image.fromarray(image).save(buf, format="PNG", **extra)
     return buf.getvalue()

@@ -26,11 +26,16 @@ def validate(params: dict, roots: JobRoots) -> dict:
 
 
 def run(params: dict, ctx: JobContext) -> dict:
+    from models.audit import default_beside
     from models.balance import balance_dataset
 
     model = pinned_model(ctx, "synthesizer", params["model"])
     out = ctx.output_dir
-    manifest = balance_dataset(BalanceSettings(**{**params, "model": model.path}, out=out, progress=False))
+    manifest = balance_dataset(
+        BalanceSettings(**{**params, "model": model.path}, out=out, progress=False),
+        audit_source="balance-job",
+        audit_default=default_beside(ctx.store.root),  # LESIONSYNTH_AUDIT_DB wins (models/audit.py)
+    )
     return {
         "manifest": str(manifest),
         "out": str(out),

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models.artifacts import sha256_bytes
+from models.audit import AuditEntry, default_beside, open_audit_log, token_id
 from models.data.images import check_pair, decode_image, decode_mask, encode_png
 from models.diffusion.sampler_settings import DEFAULTS, MAX_SEED, MAX_STEPS, check_seed
 from models.errors import ConfigError, ParameterError
+from models.provenance import Provenance
 from services.common.metrics import set_model
 from services.common.model_slot import ModelSlot
 from services.common.settings import CommonSettings
@@ -39,6 +42,9 @@ class SynthesisTask:
     seed: int
     steps: int
     strength: float
+    #: sha256 of the request's image and mask bytes: the provenance and the audit log (never the bytes).
+    image_sha256: str = ""
+    mask_sha256: str = ""
 
 
 @dataclass
@@ -73,7 +79,8 @@ def parse_task(
     img = decode_image(image, **sizes, role=f"{prefix}image")
     msk = decode_mask(mask, **sizes, role=f"{prefix}mask")
     check_pair(img, msk, role=role)
-    return SynthesisTask(img, msk, seed, settings.steps, float(settings.strength))
+    hashes = (sha256_bytes(image), sha256_bytes(mask) if mask else "")
+    return SynthesisTask(img, msk, seed, settings.steps, float(settings.strength), *hashes)
 
 
 class SynthesisHandler:
@@ -105,6 +112,10 @@ class SynthesisHandler:
             on_swap=lambda inpainter: set_model("synthesis", inpainter.model_version),
         )
         self.slot.watch(settings.reload_interval_s)
+        # Every synthesis is recorded (models/audit.py): LESIONSYNTH_AUDIT_DB, else beside the model store.
+        self.audit = open_audit_log(default_beside(settings.model_store))
+        #: The actor of every request that passed auth: the one configured token's id ("anonymous": no auth).
+        self.actor = token_id(settings.common.api_token)
 
     @property
     def inpainter(self) -> LesionInpainter:
@@ -123,9 +134,13 @@ class SynthesisHandler:
             "max_batch_items": common.max_batch_items,
         }
 
-    def run(self, tasks: list[SynthesisTask], transport: str) -> list[SynthesisResult]:
-        """Synthesize every task (in input order); same-settings tasks share UNet batches."""
+    def run(
+        self, tasks: list[SynthesisTask], transport: str, actor: str | None = None
+    ) -> list[SynthesisResult]:
+        """Synthesize every task (in input order); same-settings tasks share UNet batches. Each PNG carries
+        its provenance and is recorded in the audit log under ``actor`` (default: :attr:`actor`)."""
         results: list[SynthesisResult | None] = [None] * len(tasks)
+        entries: list[AuditEntry] = []
         order = sorted(range(len(tasks)), key=lambda i: (tasks[i].steps, tasks[i].strength))
         for (steps, strength), group in groupby(order, key=lambda i: (tasks[i].steps, tasks[i].strength)):
             idx = list(group)
@@ -145,10 +160,23 @@ class SynthesisHandler:
             for i, image in zip(idx, images, strict=True):
                 metrics.SECONDS_PER_IMAGE.observe(seconds / len(idx))
                 metrics.STEPS.observe(steps)
-                results[i] = SynthesisResult(
-                    encode_png(image), tasks[i].seed, steps, strength, inpainter.model_version
+                task, version = tasks[i], inpainter.model_version
+                png = encode_png(image, provenance=Provenance(version, task.seed, task.image_sha256))
+                results[i] = SynthesisResult(png, task.seed, steps, strength, version)
+                entries.append(
+                    AuditEntry.new(
+                        actor=actor or self.actor,
+                        source=transport,
+                        model_version=version,
+                        seed=task.seed,
+                        image_sha256=task.image_sha256,
+                        mask_sha256=task.mask_sha256,
+                        output_sha256=sha256_bytes(png),
+                    )
                 )
             metrics.IMAGES.labels(transport=transport).inc(len(idx))
+        if self.audit is not None:
+            self.audit.record(entries)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
