@@ -20,7 +20,8 @@ from services.common.settings import process_settings
 
 class ClassifyItem(BaseModel):
     image: str = Field(
-        description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64; 8-bit, at least 32 px a side.",
+        description="Image bytes (PNG, JPEG, BMP, TIFF, WebP or DICOM), base64; 8-bit (DICOM: any bit depth, "
+        "one frame), at least 32 px a side.",
         json_schema_extra=BASE64,
     )
     _pixels: np.ndarray | None = PrivateAttr(None)
