@@ -40,6 +40,9 @@ GRPC_METHODS = {
             items=[synthesis_pb2.SynthesizeRequest(image=r.randbytes(20)) for _ in range(r.randint(0, 40))]
         ),
         "/lesionsynth.v1.Synthesis/GetInfo": lambda r: synthesis_pb2.SynthesisInfoRequest(),
+        "/lesionsynth.v1.Synthesis/ProposeMask": lambda r: synthesis_pb2.ProposeMaskRequest(
+            image=r.randbytes(r.randint(0, 300)), roi_mask=r.randbytes(r.randint(0, 30))
+        ),
     },
     "classifier": {
         "/lesionsynth.v1.Classifier/Classify": lambda r: classifier_pb2.ClassifyRequest(

@@ -34,7 +34,10 @@ def test_generate_check_detects_a_stale_stub(tmp_path, monkeypatch):
 def test_contracts_are_versioned_and_name_every_operation():
     assert {p.name for p in PROTOS} == {"synthesis.proto", "classifier.proto", "training.proto"}
     services = {
-        "lesionsynth.v1.Synthesis": (synthesis_pb2, {"Synthesize", "SynthesizeBatch", "GetInfo"}),
+        "lesionsynth.v1.Synthesis": (
+            synthesis_pb2,
+            {"Synthesize", "SynthesizeBatch", "GetInfo", "ProposeMask"},
+        ),
         "lesionsynth.v1.Classifier": (classifier_pb2, {"Classify", "ClassifyBatch", "GetInfo"}),
         "lesionsynth.v1.Training": (
             training_pb2,

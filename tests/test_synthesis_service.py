@@ -189,7 +189,7 @@ def rest_bad_cases(image_png: bytes, mask_png: bytes, image: np.ndarray):
         ("empty mask", dict(files=f(m=empty_mask)), 422, "mask is empty"),
         ("huge dimensions", dict(files=f(i=huge_png())), 422, "over the limit"),
         ("wrong content type", dict(json={"image": "x", "mask": "y"}), 400, "image"),
-        ("missing field", dict(files={"image": ("i.png", image_png, "image/png")}), 400, "mask"),
+        ("missing field", dict(files={"mask": ("m.png", mask_png, "image/png")}), 400, "image"),
         ("steps out of range", dict(files=f(), data={"steps": "0"}), 422, "steps must be"),
         ("too many steps", dict(files=f(), data={"steps": "5000"}), 422, "steps must be"),
         ("strength out of range", dict(files=f(), data={"strength": "1.5"}), 422, "strength must be"),
@@ -295,7 +295,7 @@ def test_bad_grpc_inputs_get_invalid_argument(stub, pair):
     empty_mask = png_bytes(np.zeros(image.shape[:2], np.uint8))
     cases = [
         ("not an image", dict(image=b"nope", mask=mask_png), "not a supported image"),
-        ("missing mask", dict(image=image_png), "mask is missing"),
+        ("missing image", dict(mask=mask_png), "image is missing"),
         ("empty mask", dict(image=image_png, mask=empty_mask), "mask is empty"),
         ("huge dimensions", dict(image=huge_png(), mask=mask_png), "over the limit"),
         (
@@ -463,6 +463,86 @@ def test_cuda_requested_without_a_gpu_is_refused_in_one_line(tiny_synth, tmp_pat
     monkeypatch.setenv("LESIONSYNTH_DEVICE", "cuda")
     with pytest.raises(ConfigError, match="LESIONSYNTH_DEVICE=cuda but torch sees no CUDA device"):
         SynthesisHandler(SynthesisSettings.from_env())
+
+
+def proposal_ok(mask_png: bytes, image: np.ndarray) -> np.ndarray:
+    """The proposed mask: the image's size, 0/255, not empty, never touching the image border."""
+    raw = np.asarray(Image.open(io.BytesIO(mask_png)))
+    assert raw.shape == image.shape[:2] and set(np.unique(raw)) <= {0, 255}
+    mask = raw > 127
+    assert mask.any() and not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+    return mask
+
+
+def test_propose_mask_and_synthesize_without_a_mask(http, stub, inpainter, pair):
+    """Issue 13: propose_mask (REST + gRPC) and synthesize without a mask, which proposes and returns it."""
+    image, _, image_png, _ = pair
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    r = http.post("/propose_mask", json={"image": b64(image_png), "seed": 5})
+    assert r.status_code == 200, r.text
+    assert r.json()["seed"] == 5
+    proposal_png = base64.b64decode(r.json()["mask"])
+    proposal = proposal_ok(proposal_png, image)
+    again = http.post("/propose_mask", json={"image": b64(image_png), "seed": 5, "roi_mask": None}).json()
+    assert np.array_equal(
+        proposal_ok(base64.b64decode(again["mask"]), image), proposal
+    )  # same seed, same mask
+    reply = stub.ProposeMask(synthesis_pb2.ProposeMaskRequest(image=image_png, seed=5))
+    assert reply.seed == 5 and np.array_equal(proposal_ok(reply.mask_png, image), proposal)
+    others = [stub.ProposeMask(synthesis_pb2.ProposeMaskRequest(image=image_png, seed=s)) for s in (6, 7)]
+    assert any(not np.array_equal(proposal_ok(o.mask_png, image), proposal) for o in others)
+    drawn = http.post("/propose_mask", json={"image": b64(image_png)}).json()
+    assert isinstance(drawn["seed"], int)
+
+    roi = np.zeros(image.shape[:2], np.uint8)
+    roi[:, : image.shape[1] * 2 // 3] = 255
+    inside = http.post(
+        "/propose_mask", json={"image": b64(image_png), "seed": 1, "roi_mask": b64(png_bytes(roi))}
+    )
+    assert inside.status_code == 200, inside.text
+    assert not (proposal_ok(base64.b64decode(inside.json()["mask"]), image) & (roi == 0)).any()
+
+    expected = inpainter.inpaint(image, proposal, seed=5, steps=STEPS)
+    r = http.post(
+        "/synthesize",
+        files={"image": ("i.png", image_png, "image/png")},
+        data={"seed": "5", "steps": str(STEPS)},
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-proposed-mask"] == "true"
+    assert np.array_equal(proposal_ok(base64.b64decode(r.headers["x-mask-png"]), image), proposal)
+    close_to(decode_image(r.content), expected)
+
+    items = [{"image": b64(image_png), "mask": None, "seed": 5, "steps": STEPS}]
+    out = http.post("/synthesize_batch", json={"items": items})
+    assert out.status_code == 200, out.text
+    assert np.array_equal(proposal_ok(base64.b64decode(out.json()[0]["mask"]), image), proposal)
+    close_to(decode_image(base64.b64decode(out.json()[0]["image"])), expected)
+
+    reply = stub.Synthesize(synthesis_pb2.SynthesizeRequest(image=image_png, seed=5, steps=STEPS))
+    assert np.array_equal(proposal_ok(reply.mask_png, image), proposal)
+    close_to(decode_image(reply.image_png), expected)
+    given = stub.Synthesize(
+        synthesis_pb2.SynthesizeRequest(image=image_png, mask=proposal_png, seed=5, steps=STEPS)
+    )
+    assert given.mask_png == b""  # the caller's own mask is not echoed
+
+    from services.client.http import SynthesisClient
+
+    with SynthesisClient(str(http.base_url)) as client:
+        mask_png, seed = client.propose_mask(image_png, seed=5)
+        assert seed == 5 and np.array_equal(proposal_ok(mask_png, image), proposal)
+        reply = client.synthesize(image_png, None, seed=5, steps=STEPS)
+        assert np.array_equal(proposal_ok(reply.mask_png, image), proposal)
+
+    bad = http.post("/propose_mask", json={"image": b64(b"not an image")})
+    assert_problem(bad, 422, "not a supported image")
+    assert_problem(http.post("/propose_mask", json={"image": "%%%"}), 400, "")
+    dark = png_bytes(np.zeros_like(image))
+    assert_problem(http.post("/propose_mask", json={"image": b64(dark)}), 422, "no place for a lesion")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ProposeMask(synthesis_pb2.ProposeMaskRequest(image=dark, seed=1))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no place" in err.value.details()
 
 
 def test_dicom_in_provenance_out_and_the_audit_log(service, http, stub, pair):

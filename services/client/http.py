@@ -40,6 +40,8 @@ class SynthesisReply:
     steps: int
     strength: float
     model_version: str
+    #: The proposed mask (PNG bytes) when the request had no mask; None otherwise.
+    mask_png: bytes | None = None
 
 
 class _Client:
@@ -106,23 +108,36 @@ def _message(response: httpx.Response) -> str:
 
 
 class SynthesisClient(_Client):
+    def propose_mask(
+        self, image: bytes, *, seed: int | None = None, roi_mask: bytes | None = None
+    ) -> tuple[bytes, int]:
+        """A proposed lesion mask for ``image`` (encoded bytes): (mask PNG 0/255, seed); the same seed
+        gives the same mask."""
+        body = {
+            "image": base64.b64encode(image).decode(),
+            "seed": seed,
+            "roi_mask": base64.b64encode(roi_mask).decode() if roi_mask else None,
+        }
+        reply = self.post("/propose_mask", json=body).json()
+        return base64.b64decode(reply["mask"]), int(reply["seed"])
+
     def synthesize(
         self,
         image: bytes,
-        mask: bytes,
+        mask: bytes | None,
         *,
         seed: int | None = None,
         steps: int | None = None,
         strength: float | None = None,
     ) -> SynthesisReply:
-        """One image + mask (encoded bytes) -> the synthesized PNG and the settings used."""
+        """One image + mask (encoded bytes) -> the synthesized PNG and the settings used. ``mask`` None:
+        the service proposes one and returns it (``mask_png``)."""
         data = {
             k: str(v) for k, v in (("seed", seed), ("steps", steps), ("strength", strength)) if v is not None
         }
-        files = {
-            "image": ("image", image, "application/octet-stream"),
-            "mask": ("mask", mask, "application/octet-stream"),
-        }
+        files = {"image": ("image", image, "application/octet-stream")}
+        if mask is not None:
+            files["mask"] = ("mask", mask, "application/octet-stream")
         r = self.post("/synthesize", files=files, data=data)
         return SynthesisReply(
             r.content,
@@ -130,6 +145,7 @@ class SynthesisClient(_Client):
             int(r.headers["x-steps"]),
             float(r.headers["x-strength"]),
             r.headers["x-model-version"],
+            base64.b64decode(r.headers["x-mask-png"]) if r.headers.get("x-proposed-mask") == "true" else None,
         )
 
     def synthesize_many(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elesionsynth/v1/synthesis.proto\x12\x0elesionsynth.v1\"\x8e\x01\n\x11SynthesizeRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0c\n\x04mask\x18\x02 \x01(\x0c\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\x05steps\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08strength\x18\x05 \x01(\x01H\x02\x88\x01\x01\x42\x07\n\x05_seedB\x08\n\x06_stepsB\x0b\n\t_strength\"m\n\x12SynthesizeResponse\x12\x11\n\timage_png\x18\x01 \x01(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x10\n\x08strength\x18\x05 \x01(\x01\"J\n\x16SynthesizeBatchRequest\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.lesionsynth.v1.SynthesizeRequest\"L\n\x17SynthesizeBatchResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".lesionsynth.v1.SynthesizeResponse\"\x16\n\x14SynthesisInfoRequest\"\xc6\x01\n\rSynthesisInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\nresolution\x18\x02 \x01(\r\x12\x15\n\rdefault_steps\x18\x03 \x01(\r\x12\x18\n\x10\x64\x65\x66\x61ult_strength\x18\x04 \x01(\x01\x12\x11\n\tmax_steps\x18\x05 \x01(\r\x12\x12\n\nmax_pixels\x18\x06 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x07 \x01(\x04\x12\x17\n\x0fmax_batch_items\x18\x08 \x01(\r2\x94\x02\n\tSynthesis\x12S\n\nSynthesize\x12!.lesionsynth.v1.SynthesizeRequest\x1a\".lesionsynth.v1.SynthesizeResponse\x12\x62\n\x0fSynthesizeBatch\x12&.lesionsynth.v1.SynthesizeBatchRequest\x1a\'.lesionsynth.v1.SynthesizeBatchResponse\x12N\n\x07GetInfo\x12$.lesionsynth.v1.SynthesisInfoRequest\x1a\x1d.lesionsynth.v1.SynthesisInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elesionsynth/v1/synthesis.proto\x12\x0elesionsynth.v1\"\x8e\x01\n\x11SynthesizeRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0c\n\x04mask\x18\x02 \x01(\x0c\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\x05steps\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08strength\x18\x05 \x01(\x01H\x02\x88\x01\x01\x42\x07\n\x05_seedB\x08\n\x06_stepsB\x0b\n\t_strength\"\x7f\n\x12SynthesizeResponse\x12\x11\n\timage_png\x18\x01 \x01(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x10\n\x08strength\x18\x05 \x01(\x01\x12\x10\n\x08mask_png\x18\x06 \x01(\x0c\"J\n\x16SynthesizeBatchRequest\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.lesionsynth.v1.SynthesizeRequest\"L\n\x17SynthesizeBatchResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".lesionsynth.v1.SynthesizeResponse\"Q\n\x12ProposeMaskRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x08roi_mask\x18\x03 \x01(\x0c\x42\x07\n\x05_seed\"5\n\x13ProposeMaskResponse\x12\x10\n\x08mask_png\x18\x01 \x01(\x0c\x12\x0c\n\x04seed\x18\x02 \x01(\x04\"\x16\n\x14SynthesisInfoRequest\"\xc6\x01\n\rSynthesisInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\nresolution\x18\x02 \x01(\r\x12\x15\n\rdefault_steps\x18\x03 \x01(\r\x12\x18\n\x10\x64\x65\x66\x61ult_strength\x18\x04 \x01(\x01\x12\x11\n\tmax_steps\x18\x05 \x01(\r\x12\x12\n\nmax_pixels\x18\x06 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x07 \x01(\x04\x12\x17\n\x0fmax_batch_items\x18\x08 \x01(\r2\xec\x02\n\tSynthesis\x12S\n\nSynthesize\x12!.lesionsynth.v1.SynthesizeRequest\x1a\".lesionsynth.v1.SynthesizeResponse\x12\x62\n\x0fSynthesizeBatch\x12&.lesionsynth.v1.SynthesizeBatchRequest\x1a\'.lesionsynth.v1.SynthesizeBatchResponse\x12N\n\x07GetInfo\x12$.lesionsynth.v1.SynthesisInfoRequest\x1a\x1d.lesionsynth.v1.SynthesisInfo\x12V\n\x0bProposeMask\x12\".lesionsynth.v1.ProposeMaskRequest\x1a#.lesionsynth.v1.ProposeMaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNTHESIZEREQUEST']._serialized_start=51
   _globals['_SYNTHESIZEREQUEST']._serialized_end=193
   _globals['_SYNTHESIZERESPONSE']._serialized_start=195
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=304
-  _globals['_SYNTHESIZEBATCHREQUEST']._serialized_start=306
-  _globals['_SYNTHESIZEBATCHREQUEST']._serialized_end=380
-  _globals['_SYNTHESIZEBATCHRESPONSE']._serialized_start=382
-  _globals['_SYNTHESIZEBATCHRESPONSE']._serialized_end=458
-  _globals['_SYNTHESISINFOREQUEST']._serialized_start=460
-  _globals['_SYNTHESISINFOREQUEST']._serialized_end=482
-  _globals['_SYNTHESISINFO']._serialized_start=485
-  _globals['_SYNTHESISINFO']._serialized_end=683
-  _globals['_SYNTHESIS']._serialized_start=686
-  _globals['_SYNTHESIS']._serialized_end=962
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=322
+  _globals['_SYNTHESIZEBATCHREQUEST']._serialized_start=324
+  _globals['_SYNTHESIZEBATCHREQUEST']._serialized_end=398
+  _globals['_SYNTHESIZEBATCHRESPONSE']._serialized_start=400
+  _globals['_SYNTHESIZEBATCHRESPONSE']._serialized_end=476
+  _globals['_PROPOSEMASKREQUEST']._serialized_start=478
+  _globals['_PROPOSEMASKREQUEST']._serialized_end=559
+  _globals['_PROPOSEMASKRESPONSE']._serialized_start=561
+  _globals['_PROPOSEMASKRESPONSE']._serialized_end=614
+  _globals['_SYNTHESISINFOREQUEST']._serialized_start=616
+  _globals['_SYNTHESISINFOREQUEST']._serialized_end=638
+  _globals['_SYNTHESISINFO']._serialized_start=641
+  _globals['_SYNTHESISINFO']._serialized_end=839
+  _globals['_SYNTHESIS']._serialized_start=842
+  _globals['_SYNTHESIS']._serialized_end=1206
 # @@protoc_insertion_point(module_scope)

@@ -22,18 +22,20 @@ class SynthesizeRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., strength: _Optional[float] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
-    __slots__ = ("image_png", "model_version", "seed", "steps", "strength")
+    __slots__ = ("image_png", "model_version", "seed", "steps", "strength", "mask_png")
     IMAGE_PNG_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    MASK_PNG_FIELD_NUMBER: _ClassVar[int]
     image_png: bytes
     model_version: str
     seed: int
     steps: int
     strength: float
-    def __init__(self, image_png: _Optional[bytes] = ..., model_version: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., strength: _Optional[float] = ...) -> None: ...
+    mask_png: bytes
+    def __init__(self, image_png: _Optional[bytes] = ..., model_version: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., strength: _Optional[float] = ..., mask_png: _Optional[bytes] = ...) -> None: ...
 
 class SynthesizeBatchRequest(_message.Message):
     __slots__ = ("items",)
@@ -46,6 +48,24 @@ class SynthesizeBatchResponse(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[SynthesizeResponse]
     def __init__(self, items: _Optional[_Iterable[_Union[SynthesizeResponse, _Mapping]]] = ...) -> None: ...
+
+class ProposeMaskRequest(_message.Message):
+    __slots__ = ("image", "seed", "roi_mask")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    ROI_MASK_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    seed: int
+    roi_mask: bytes
+    def __init__(self, image: _Optional[bytes] = ..., seed: _Optional[int] = ..., roi_mask: _Optional[bytes] = ...) -> None: ...
+
+class ProposeMaskResponse(_message.Message):
+    __slots__ = ("mask_png", "seed")
+    MASK_PNG_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    mask_png: bytes
+    seed: int
+    def __init__(self, mask_png: _Optional[bytes] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class SynthesisInfoRequest(_message.Message):
     __slots__ = ()

@@ -50,6 +50,11 @@ class SynthesisStub:
                 request_serializer=lesionsynth_dot_v1_dot_synthesis__pb2.SynthesisInfoRequest.SerializeToString,
                 response_deserializer=lesionsynth_dot_v1_dot_synthesis__pb2.SynthesisInfo.FromString,
                 _registered_method=True)
+        self.ProposeMask = channel.unary_unary(
+                '/lesionsynth.v1.Synthesis/ProposeMask',
+                request_serializer=lesionsynth_dot_v1_dot_synthesis__pb2.ProposeMaskRequest.SerializeToString,
+                response_deserializer=lesionsynth_dot_v1_dot_synthesis__pb2.ProposeMaskResponse.FromString,
+                _registered_method=True)
 
 
 class SynthesisServicer:
@@ -78,6 +83,15 @@ class SynthesisServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeMask(self, request, context):
+        """A proposed lesion mask for an image: a real lesion shape of the synthesizer's shape bank, placed in
+        the imaged tissue (or inside roi_mask), away from the border; the same image and seed, the same mask.
+        INVALID_ARGUMENT when no placement fits (says why) or the service has no shape bank.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SynthesisServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +109,11 @@ def add_SynthesisServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=lesionsynth_dot_v1_dot_synthesis__pb2.SynthesisInfoRequest.FromString,
                     response_serializer=lesionsynth_dot_v1_dot_synthesis__pb2.SynthesisInfo.SerializeToString,
+            ),
+            'ProposeMask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeMask,
+                    request_deserializer=lesionsynth_dot_v1_dot_synthesis__pb2.ProposeMaskRequest.FromString,
+                    response_serializer=lesionsynth_dot_v1_dot_synthesis__pb2.ProposeMaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class Synthesis:
             '/lesionsynth.v1.Synthesis/GetInfo',
             lesionsynth_dot_v1_dot_synthesis__pb2.SynthesisInfoRequest.SerializeToString,
             lesionsynth_dot_v1_dot_synthesis__pb2.SynthesisInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeMask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lesionsynth.v1.Synthesis/ProposeMask',
+            lesionsynth_dot_v1_dot_synthesis__pb2.ProposeMaskRequest.SerializeToString,
+            lesionsynth_dot_v1_dot_synthesis__pb2.ProposeMaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,8 @@
 The ML is ``models.diffusion.inpaint.LesionInpainter``; this module turns request bytes into checked
 arrays (every problem a LesionsynthError naming the field), runs pairs through the inpainter under one
 lock (the inpainter is not thread-safe; REST batching and gRPC threads share it), and records metrics.
-Pairs with the same sampler settings are sampled in one UNet batch.
+Pairs with the same sampler settings are sampled in one UNet batch. A request without a mask gets a
+proposal (models/masks/: a shape of the synthesizer's shape bank placed in tissue), returned with it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from models.artifacts import sha256_bytes
 from models.audit import AuditEntry, default_beside, open_audit_log, token_id
 from models.data.images import check_pair, decode_image, decode_mask, encode_png
 from models.diffusion.sampler_settings import DEFAULTS, MAX_SEED, MAX_STEPS, check_seed
-from models.errors import ConfigError, ParameterError
+from models.errors import ConfigError, ModelFolderError, ParameterError
+from models.masks import ShapeBank, find_bank, load_bank, propose_mask
 from models.provenance import Provenance
 from services.common.metrics import set_model
 from services.common.model_slot import ModelSlot
@@ -38,13 +40,15 @@ class SynthesisTask:
     """One checked pair: image (H, W, 3) uint8, mask (H, W) bool, and resolved sampler settings."""
 
     image: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray | None  # None: propose one (SynthesisHandler.run), returned in the result
     seed: int
     steps: int
     strength: float
     #: sha256 of the request's image and mask bytes: the provenance and the audit log (never the bytes).
     image_sha256: str = ""
     mask_sha256: str = ""
+    #: The proposed mask's PNG (0/255) when the request had no mask (SynthesisHandler.fill).
+    proposed_png: bytes | None = None
 
 
 @dataclass
@@ -54,6 +58,15 @@ class SynthesisResult:
     steps: int
     strength: float
     model_version: str
+    #: The proposed mask (PNG 0/255) when the request had none.
+    mask_png: bytes | None = None
+
+
+@dataclass
+class ProposalTask:
+    image: np.ndarray
+    seed: int
+    roi: np.ndarray | None
 
 
 def parse_task(
@@ -69,18 +82,49 @@ def parse_task(
     prefix = f"{role}." if role else ""
     if not image:
         raise ParameterError(f"{prefix}image is missing (empty)")
-    if not mask:
-        raise ParameterError(f"{prefix}mask is missing (empty)")
     settings = DEFAULTS.with_overrides(steps=steps, strength=strength)
     if seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
     check_seed(seed)
     sizes = {"max_pixels": limits.max_pixels, "min_side": limits.min_image_side}
     img = decode_image(image, **sizes, role=f"{prefix}image")
+    hashes = (sha256_bytes(image), sha256_bytes(mask) if mask else "")
+    if not mask:  # no mask: a proposal (SynthesisHandler.run)
+        return SynthesisTask(img, None, seed, settings.steps, float(settings.strength), *hashes)
     msk = decode_mask(mask, **sizes, role=f"{prefix}mask")
     check_pair(img, msk, role=role)
-    hashes = (sha256_bytes(image), sha256_bytes(mask) if mask else "")
     return SynthesisTask(img, msk, seed, settings.steps, float(settings.strength), *hashes)
+
+
+def parse_proposal(
+    image: bytes, seed: int | None, roi_mask: bytes | None, limits: CommonSettings
+) -> ProposalTask:
+    """Decode and check a propose_mask request."""
+    if not image:
+        raise ParameterError("image is missing (empty)")
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    check_seed(seed)
+    sizes = {"max_pixels": limits.max_pixels, "min_side": limits.min_image_side}
+    img = decode_image(image, **sizes, role="image")
+    roi = None
+    if roi_mask:
+        roi = decode_mask(roi_mask, **sizes, role="roi_mask")
+        check_pair(img, roi, role="roi_mask")
+    return ProposalTask(img, seed, roi)
+
+
+#: The process's handler (set when it starts): the REST item validators propose masks through it.
+ACTIVE: SynthesisHandler | None = None
+
+
+def fill_proposal(task: SynthesisTask) -> SynthesisTask:
+    """``task`` with a proposed mask when it has none, by the process's handler."""
+    if task.mask is not None:
+        return task
+    if ACTIVE is None:
+        raise ModelFolderError("no synthesizer is loaded in this process to propose a mask")
+    return ACTIVE.fill(task)
 
 
 class SynthesisHandler:
@@ -101,17 +145,28 @@ class SynthesisHandler:
             )
         self.device = device
         self._lock = threading.Lock()
+        self._banks: dict[str, ShapeBank | None] = {}  # model version -> its folder's bank
+        self._fallback_bank: ShapeBank | None = None
+
+        def load(path):
+            inpainter = LesionInpainter.from_pretrained(
+                path, device=device, verify=True, batch_size=settings.unet_batch_size
+            )
+            meta = find_bank(path)
+            self._banks[inpainter.model_version] = load_bank(meta) if meta is not None else None
+            return inpainter
+
         self.slot = ModelSlot(
             "synthesizer",
             settings.model,
             settings.model_store,
-            load=lambda path: LesionInpainter.from_pretrained(
-                path, device=device, verify=True, batch_size=settings.unet_batch_size
-            ),
+            load=load,
             version_of=lambda inpainter: inpainter.model_version,
             on_swap=lambda inpainter: set_model("synthesis", inpainter.model_version),
         )
         self.slot.watch(settings.reload_interval_s)
+        global ACTIVE
+        ACTIVE = self  # the REST batch validators fill proposals with it (one handler per process)
         # Every synthesis is recorded (models/audit.py): LESIONSYNTH_AUDIT_DB, else beside the model store.
         self.audit = open_audit_log(default_beside(settings.model_store))
         #: The actor of every request that passed auth: the one configured token's id ("anonymous": no auth).
@@ -134,11 +189,41 @@ class SynthesisHandler:
             "max_batch_items": common.max_batch_items,
         }
 
+    def bank(self) -> ShapeBank:
+        """The loaded synthesizer's shape bank, else LESIONSYNTH_SHAPE_BANK's; a clear error without."""
+        own = self._banks.get(self.inpainter.model_version)
+        if own is not None:
+            return own
+        if self.settings.shape_bank:
+            if self._fallback_bank is None:
+                self._fallback_bank = load_bank(self.settings.shape_bank)
+            return self._fallback_bank
+        raise ModelFolderError(
+            "this synthesis service has no shape bank for mask proposals: the synthesizer folder has none "
+            "(trained before banks existed); build one with `lesionsynth masks bank --manifest M "
+            "--lesion-label L --out FOLDER` and set LESIONSYNTH_SHAPE_BANK=FOLDER, or send a mask"
+        )
+
+    def propose(self, task: ProposalTask) -> np.ndarray:
+        """A proposed mask (H, W) bool for the task's image (models/masks/propose.py)."""
+        return propose_mask(task.image, self.bank(), task.seed, task.roi)
+
+    def fill(self, task: SynthesisTask) -> SynthesisTask:
+        """A task without a mask gets a proposal seeded by its seed (per request, before batching, so a
+        proposal that fails is that request's error only)."""
+        if task.mask is None:
+            task.mask = self.propose(ProposalTask(task.image, task.seed, None))
+            task.proposed_png = encode_png(task.mask.astype(np.uint8) * 255)
+            task.mask_sha256 = sha256_bytes(task.proposed_png)
+        return task
+
     def run(
         self, tasks: list[SynthesisTask], transport: str, actor: str | None = None
     ) -> list[SynthesisResult]:
         """Synthesize every task (in input order); same-settings tasks share UNet batches. Each PNG carries
         its provenance and is recorded in the audit log under ``actor`` (default: :attr:`actor`)."""
+        for task in tasks:  # the adapters fill proposals per request; this is the safety net
+            self.fill(task)
         results: list[SynthesisResult | None] = [None] * len(tasks)
         entries: list[AuditEntry] = []
         order = sorted(range(len(tasks)), key=lambda i: (tasks[i].steps, tasks[i].strength))
@@ -162,7 +247,7 @@ class SynthesisHandler:
                 metrics.STEPS.observe(steps)
                 task, version = tasks[i], inpainter.model_version
                 png = encode_png(image, provenance=Provenance(version, task.seed, task.image_sha256))
-                results[i] = SynthesisResult(png, task.seed, steps, strength, version)
+                results[i] = SynthesisResult(png, task.seed, steps, strength, version, task.proposed_png)
                 entries.append(
                     AuditEntry.new(
                         actor=actor or self.actor,

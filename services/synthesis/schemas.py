@@ -14,7 +14,7 @@ from services.common.errors import content_error
 from services.common.metrics import REJECTED
 from services.common.payloads import BASE64, b64, optional_field
 from services.common.settings import process_settings
-from services.synthesis.handler import SynthesisTask, parse_task
+from services.synthesis.handler import SynthesisTask, fill_proposal, parse_task
 from services.synthesis.settings import SynthesisSettings
 
 
@@ -23,8 +23,11 @@ class SynthesisItem(BaseModel):
         description="Image bytes (PNG, JPEG, BMP, TIFF or WebP), base64; 8-bit, at least 32 px a side.",
         json_schema_extra=BASE64,
     )
-    mask: str = Field(
-        description="Mask of the same size, base64; pixels > 127 are inside.", json_schema_extra=BASE64
+    mask: str | None = Field(
+        None,
+        description="Mask of the same size, base64; pixels > 127 are inside. Null: the server proposes one "
+        "(as /propose_mask with this item's seed) and returns it in the result's mask.",
+        json_schema_extra=BASE64,
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Unset: drawn by the server and returned.")
     steps: int | None = optional_field(SamplerSettings, "steps")
@@ -36,12 +39,14 @@ class SynthesisItem(BaseModel):
         try:
             self._task = parse_task(
                 b64("image", self.image),
-                b64("mask", self.mask),
+                b64("mask", self.mask) if self.mask is not None else b"",
                 self.seed,
                 self.steps,
                 self.strength,
                 process_settings(SynthesisSettings).common,
             )
+            if self._task.mask is None:  # a proposal, per request (before batching merges requests)
+                fill_proposal(self._task)
         except LesionsynthError as exc:  # content the schema allows: 422 with the kind
             REJECTED.labels(service="synthesis", transport="rest").inc()
             raise content_error(exc) from None
@@ -62,6 +67,18 @@ class SynthesisItemResult(BaseModel):
     steps: int
     strength: float
     model_version: str
+    mask: str | None = Field(
+        None,
+        description="The proposed mask (PNG 0/255, base64) when the item had none; null otherwise.",
+        json_schema_extra=BASE64,
+    )
+
+
+class ProposeMaskResult(BaseModel):
+    mask: str = Field(
+        description="The proposed mask, PNG 0/255 of the image's size, base64.", json_schema_extra=BASE64
+    )
+    seed: int
 
 
 class SynthesisInfo(BaseModel):

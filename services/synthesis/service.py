@@ -7,6 +7,7 @@ the same process and model. Settings: services/synthesis/settings.py (README tab
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Annotated
 
@@ -14,15 +15,19 @@ import bentoml
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from models.spec import MAX_SEED
 from services.common.errors import rest_errors
 from services.common.http import install_middleware
 from services.common.metrics import REJECTED
 from services.common.model_slot import preflight
+from services.common.payloads import BASE64
 from services.common.settings import process_settings
-from services.synthesis.schemas import SynthesisInfo, SynthesisItem, SynthesisItemResult
+from services.synthesis.schemas import ProposeMaskResult, SynthesisInfo, SynthesisItem, SynthesisItemResult
 from services.synthesis.settings import SynthesisSettings
 
 SETTINGS = process_settings(SynthesisSettings)
+#: A base64 field: declared as such and checked by pydantic (a bad one is 400, like the batch API's).
+B64 = {"pattern": BASE64["pattern"], "json_schema_extra": BASE64}
 # Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
 preflight("synthesizer", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[SynthesisItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
@@ -53,19 +58,23 @@ class SynthesisService:
     def synthesize(
         self,
         image: Path,
-        mask: Path,
         ctx: bentoml.Context,
+        mask: Path = None,  # type: ignore[assignment]  # BentoML detects a file part only by the bare Path type
         seed: Annotated[int | None, Field(ge=0)] = None,
         steps: int | None = None,
         strength: float | None = None,
     ) -> Annotated[bytes, ContentType("image/png")]:
         """Paint a synthetic lesion into ``mask`` of ``image``; the PNG's seed and model version are in
-        the X-Seed and X-Model-Version headers."""
+        the X-Seed and X-Model-Version headers. Without a mask part the server proposes one (as
+        /propose_mask with the X-Seed seed gives again): X-Proposed-Mask: true, and X-Mask-PNG holds the
+        proposed mask as base64 PNG (0/255)."""
         from models.errors import LesionsynthError
         from services.synthesis.handler import parse_task
 
         try:
-            task = parse_task(image.read_bytes(), mask.read_bytes(), seed, steps, strength, SETTINGS.common)
+            mask_bytes = mask.read_bytes() if mask is not None else b""
+            task = parse_task(image.read_bytes(), mask_bytes, seed, steps, strength, SETTINGS.common)
+            self.handler.fill(task)  # no mask: a proposal
         except LesionsynthError:
             REJECTED.labels(service="synthesis", transport="rest").inc()
             raise
@@ -78,6 +87,10 @@ class SynthesisService:
                 "X-Model-Version": result.model_version,
             }
         )
+        if result.mask_png is not None:
+            ctx.response.headers.update(
+                {"X-Proposed-Mask": "true", "X-Mask-PNG": base64.b64encode(result.mask_png).decode()}
+            )
         return result.png
 
     @bentoml.api(
@@ -85,8 +98,6 @@ class SynthesisService:
     )
     def synthesize_batch(self, items: Items) -> list[SynthesisItemResult]:
         """Many pairs as base64 JSON; concurrent requests are merged into shared UNet batches."""
-        import base64
-
         results = self.handler.run([item.task for item in items], "rest")
         return [
             SynthesisItemResult(
@@ -95,9 +106,43 @@ class SynthesisService:
                 steps=r.steps,
                 strength=r.strength,
                 model_version=r.model_version,
+                mask=base64.b64encode(r.mask_png).decode() if r.mask_png is not None else None,
             )
             for r in results
         ]
+
+    @bentoml.api
+    @rest_errors
+    def propose_mask(
+        self,
+        image: Annotated[str, Field(description="Image bytes (PNG, JPEG, DICOM, ...), base64.", **B64)],
+        seed: Annotated[
+            int | None, Field(ge=0, le=MAX_SEED, description="Unset: drawn by the server and returned.")
+        ] = None,
+        roi_mask: Annotated[
+            str | None, Field(description="Region-of-interest mask, base64: the proposal lies inside.", **B64)
+        ] = None,
+    ) -> ProposeMaskResult:
+        """A proposed lesion mask: a real lesion shape of the shape bank placed in the imaged tissue (not
+        the dark border or glare; inside roi_mask when given), away from the border; deterministic per
+        seed (models/masks/)."""
+        from models.data.images import encode_png
+        from models.errors import LesionsynthError
+        from services.synthesis.handler import parse_proposal
+
+        try:
+            task = parse_proposal(
+                base64.b64decode(image),
+                seed,
+                base64.b64decode(roi_mask) if roi_mask else None,
+                SETTINGS.common,
+            )
+        except LesionsynthError:
+            REJECTED.labels(service="synthesis", transport="rest").inc()
+            raise
+        mask = self.handler.propose(task)
+        png = encode_png(mask.astype("uint8") * 255)
+        return ProposeMaskResult(mask=base64.b64encode(png).decode(), seed=task.seed)
 
     @bentoml.api
     def info(self) -> SynthesisInfo:

@@ -23,6 +23,9 @@ class SynthesisSettings:
     max_latency_ms: int
     #: Seconds between checks for a newer store version when ``model`` is "latest"; 0 = never.
     reload_interval_s: float
+    #: A shape bank (folder or file, ``lesionsynth masks bank``) for mask proposals when the loaded
+    #: synthesizer folder carries none; None: only the synthesizer's own bank.
+    shape_bank: str | None = None
 
     @classmethod
     def from_env(cls) -> SynthesisSettings:
@@ -37,4 +40,5 @@ class SynthesisSettings:
             max_batch_size=env_int("SYNTHESIS_MAX_BATCH_SIZE", 16, minimum=2),
             max_latency_ms=env_int("SYNTHESIS_MAX_LATENCY_MS", 60_000, minimum=10),
             reload_interval_s=env_float("RELOAD_INTERVAL_S", 0.0),
+            shape_bank=env_str("SHAPE_BANK"),
         )
