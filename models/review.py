@@ -125,6 +125,7 @@ def set_review(dataset: str | Path, image_path: str, decision: str) -> dict:
     if decision not in DECISIONS:
         raise ParameterError("decision must be 'accepted', 'rejected' or '' (unreviewed)")
     path = manifest_path(dataset)
+    _read(path)  # NotFoundError / ConfigError before taking a lock on a folder that may not exist
     with _locked(path.parent):
         manifest = _read(path)
         rows = [

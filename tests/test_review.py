@@ -188,3 +188,8 @@ def test_experiment_config_takes_require_review(tmp_path, demo_manifest):
     assert "require_review" in CLASSIFIER_KEYS
     config = load_config(experiment_yaml(tmp_path, demo_manifest, classifier={"require_review": True}))
     assert config.classifier["require_review"] is True
+
+
+def test_set_review_in_a_missing_folder_is_not_found(tmp_path):
+    with pytest.raises(NotFoundError):
+        review.set_review(tmp_path / "absent" / "balanced", "synthetic/syn_00000.png", "accepted")

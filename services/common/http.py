@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from services.common.auth import BearerAuthMiddleware
 from services.common.errors import PROBLEM_JSON, ProblemDetailsMiddleware, kind_for_status, problem
 from services.common.limits import RequestSizeLimitMiddleware
 from services.common.openapi import OpenApiMiddleware
+from services.common.pages import StaticPagesMiddleware
 from services.common.request_guard import RequestGuardMiddleware
 
 
-def install_middleware(service, max_request_bytes: int, api_token: str | None) -> None:
-    """Outermost first: the size limit (before any body is read), auth (before parsing), malformed and
+def install_middleware(
+    service, max_request_bytes: int, api_token: str | None, pages: dict[str, Path] | None = None
+) -> None:
+    """Outermost first: the size limit (before any body is read), the service's browser pages (GET, no
+    auth: services/common/pages.py), auth (before parsing), malformed and
     unsafe requests (services/common/request_guard.py), the OpenAPI document's error bodies, then every
     error the app writes as problem details (services/common/errors.py)."""
     problem_json_traffic_replies()
     service.add_asgi_middleware(RequestSizeLimitMiddleware, max_bytes=max_request_bytes)
+    if pages:
+        service.add_asgi_middleware(StaticPagesMiddleware, pages=pages)
     service.add_asgi_middleware(BearerAuthMiddleware, token=api_token)
     service.add_asgi_middleware(RequestGuardMiddleware)
     service.add_asgi_middleware(OpenApiMiddleware)

@@ -1,8 +1,9 @@
 """Synthesis service: ``bentoml serve services.synthesis.service:SynthesisService --port 3000``.
 
 REST (BentoML): /synthesize (multipart image + mask -> PNG), /synthesize_batch (JSON, adaptive
-batching), /info, /reload. gRPC lesionsynth.v1.Synthesis on LESIONSYNTH_GRPC_PORT (50051), answered by
-the same process and model. Settings: services/synthesis/settings.py (README table).
+batching), /info, /reload, /preview; the studio page GET /studio (services/synthesis/studio.py). gRPC
+lesionsynth.v1.Synthesis on LESIONSYNTH_GRPC_PORT (50051), answered by the same
+process and model. Settings: services/synthesis/settings.py (README table).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from services.common.payloads import BASE64
 from services.common.settings import process_settings
 from services.synthesis.schemas import ProposeMaskResult, SynthesisInfo, SynthesisItem, SynthesisItemResult
 from services.synthesis.settings import SynthesisSettings
+from services.synthesis.studio import PAGES, Preview
 
 SETTINGS = process_settings(SynthesisSettings)
 #: A base64 field: declared as such and checked by pydantic (a bad one is 400, like the batch API's).
@@ -145,6 +147,16 @@ class SynthesisService:
         return ProposeMaskResult(mask=base64.b64encode(png).decode(), seed=task.seed)
 
     @bentoml.api
+    @rest_errors
+    def preview(
+        self, image: Annotated[str, Field(description="Image bytes, base64.", json_schema_extra=BASE64)]
+    ) -> Preview:
+        """The image decoded as synthesis decodes it, as PNG: the studio shows DICOM through this."""
+        from services.synthesis.studio import preview
+
+        return preview(image, SETTINGS.common)
+
+    @bentoml.api
     def info(self) -> SynthesisInfo:
         """Model version, working resolution, sampler defaults and limits."""
         return SynthesisInfo(**self.handler.info())
@@ -163,5 +175,8 @@ class SynthesisService:
 
 
 install_middleware(
-    SynthesisService, max_request_bytes=SETTINGS.common.max_request_bytes, api_token=SETTINGS.common.api_token
+    SynthesisService,
+    max_request_bytes=SETTINGS.common.max_request_bytes,
+    api_token=SETTINGS.common.api_token,
+    pages=PAGES,  # GET /studio (services/synthesis/studio.py)
 )

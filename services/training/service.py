@@ -1,6 +1,7 @@
 """Training-job service: ``bentoml serve services.training.service:TrainingService --port 3002``.
 
-REST (BentoML): /submit_job, /get_job, /list_jobs, /cancel_job, /job_logs, /job_types. gRPC
+REST (BentoML): /submit_job, /get_job, /list_jobs, /cancel_job, /job_logs, /job_types; the review page
+(GET /review, services/training/static/) and its API /review_items, /set_review, /review_image. gRPC
 lesionsynth.v1.Training on LESIONSYNTH_GRPC_PORT (50053), including WatchJob (server streaming). Jobs run
 in their own processes (a crash or OOM in a job never takes the service down); records live in SQLite;
 after a restart, running jobs resume from their checkpoints or are marked interrupted.
@@ -8,17 +9,25 @@ after a restart, running jobs resume from their checkpoints or are marked interr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+from bentoml.validators import ContentType
 from pydantic import Field
 
 from services.common.errors import rest_errors
 from services.common.http import install_middleware
+from services.common.pages import static_pages
+from services.training.review import Decision, ReviewItem, ReviewList
 from services.training.schemas import Job, JobLogs, JobStateName, JobTypeInfo
 from services.training.settings import TrainingSettings
 
 SETTINGS = TrainingSettings.from_env()
+#: Served without auth (the page asks for the token; its API calls carry it): services/common/pages.py.
+PAGES = static_pages(
+    Path(__file__).parent / "static", {"/review": "review.html", "/static/review.js": "review.js"}
+)
 
 
 @bentoml.service(
@@ -38,7 +47,7 @@ class TrainingService:
         from services.training.scheduler import build_scheduler
 
         jsonlog.configure()
-        roots = JobRoots(SETTINGS.data_roots, SETTINGS.output_root)
+        roots = self.roots = JobRoots(SETTINGS.data_roots, SETTINGS.output_root)
         # LESIONSYNTH_EXECUTOR: local job processes, or Kubernetes Jobs (services/training/k8s/).
         self.scheduler = build_scheduler(SETTINGS, roots)
         self.scheduler.start()
@@ -83,6 +92,30 @@ class TrainingService:
         return JobLogs(id=id, text=self.scheduler.logs(id, tail_bytes))
 
     @bentoml.api
+    @rest_errors
+    def review_items(self, dataset: str) -> ReviewList:
+        """A balanced folder's synthetic images with their source, mask and review decision (/review)."""
+        from services.training import review
+
+        return review.list_items(dataset, self.roots)
+
+    @bentoml.api
+    @rest_errors
+    def set_review(self, dataset: str, image_path: str, decision: Decision) -> ReviewItem:
+        """Accept or reject one synthetic image ('' clears): the manifest's review column, written atomically."""
+        from services.training import review
+
+        return review.set_decision(dataset, image_path, decision, self.roots)
+
+    @bentoml.api
+    @rest_errors
+    def review_image(self, dataset: str, path: str) -> Annotated[bytes, ContentType("image/png")]:
+        """A file that a synthetic row of the dataset's manifest lists (image, source or mask), as PNG."""
+        from services.training import review
+
+        return review.image_png(dataset, path, self.roots)
+
+    @bentoml.api
     def job_types(self) -> list[JobTypeInfo]:
         from models.jobs import JOB_TYPES
 
@@ -98,5 +131,8 @@ class TrainingService:
 
 
 install_middleware(
-    TrainingService, max_request_bytes=SETTINGS.common.max_request_bytes, api_token=SETTINGS.common.api_token
+    TrainingService,
+    max_request_bytes=SETTINGS.common.max_request_bytes,
+    api_token=SETTINGS.common.api_token,
+    pages=PAGES,
 )
