@@ -8,6 +8,7 @@ border, on the glare, cut by the image edge or outside the class's size range is
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -219,3 +220,76 @@ def test_lesion_rows_still_need_masks(tmp_path, demo_manifest):
     m = load_manifest(manifest)
     with pytest.raises(ManifestError, match=f"rows {lesion + 1} have no mask \\(empty"):
         m.require_masks([r for r in m.rows if r.label == "lesion"], "the synthesizer learns from them")
+
+
+def test_auto_uses_own_masks_and_proposes_inside_the_roi(tmp_path, demo_manifest, tiny_synth):
+    """--masks auto: rows with a mask keep it; rows without get a proposal inside their roi_mask_path; an
+    older synthesizer (no bank in its folder: here a model given as an inpainter only) gets the bank
+    built from the manifest's lesion train masks."""
+    from models.balance import BalanceSettings, balance_dataset
+    from models.data.images import encode_png
+    from models.data.manifest import load_manifest
+    from models.diffusion.inpaint import LesionInpainter
+
+    data = tmp_path / "data"
+    manifest = without_normal_masks(demo_manifest, data)
+    rows = list(csv.DictReader(manifest.open()))
+    roi = np.zeros((48, 48), np.uint8)
+    roi[2:46, 2:42] = 255  # all but a strip on the right (demo lesions are large: ~half the side)
+    (data / "roi.png").write_bytes(encode_png(roi))
+    kept = 0
+    for row in rows:
+        row["roi_mask_path"] = "roi.png" if row["label"] == "normal" else ""
+    own = next(r for r in rows if r["label"] == "lesion")["mask_path"]
+    for row in rows:
+        if row["label"] == "normal" and kept < 2:
+            row["mask_path"], kept = own, kept + 1  # two normals keep a (lesion's) mask as a drawn one
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "auto"
+    s = BalanceSettings(
+        manifest=manifest,
+        model=None,
+        normal_label="normal",
+        lesion_label="lesion",
+        count=6,
+        out=out,
+        batch_size=6,
+        progress=False,
+        masks="auto",
+        steps=2,
+    )
+    balance_dataset(s, LesionInpainter.from_pretrained(tiny_synth, device="cpu"))
+    balanced = load_manifest(out / "manifest.csv")
+    synthetic = [r for r in balanced.rows if r.fields["synthetic"] == "1"]
+    assert {r.fields["mask_source"] for r in synthetic} <= {"own", "proposed"}
+    for row in synthetic:
+        source = next(r for r in balanced.rows if r.fields["image_path"] == row.fields["source_image"])
+        if source.has_mask:
+            assert (
+                row.fields["mask_source"] == "own" and row.fields["mask_path"] == source.fields["mask_path"]
+            )
+        else:
+            assert row.fields["mask_source"] == "proposed"
+            _, mask = row.load()
+            assert not (mask & (roi == 0)).any()  # inside the row's region of interest
+    assert any(r.fields["mask_source"] == "proposed" for r in synthetic)
+    assert all(r.fields["roi_mask_path"] for r in balanced.rows if r.label == "normal")
+    assert json.loads((out / "balance.json").read_text())["masks"] == "auto"
+
+
+def test_masks_is_a_job_parameter_and_an_experiment_key(tmp_path, demo_manifest):
+    from conftest import experiment_yaml
+
+    from models.balance import BalanceSettings
+    from models.errors import ParameterError
+    from models.experiment.config import load_config
+    from models.jobs.params import fields_of
+
+    assert "masks" in fields_of(BalanceSettings)
+    config = load_config(experiment_yaml(tmp_path, demo_manifest, balance={"count": 2, "masks": "proposed"}))
+    assert config.balance["masks"] == "proposed"
+    with pytest.raises(ParameterError, match="masks must be one of own, proposed, auto"):
+        load_config(experiment_yaml(tmp_path, demo_manifest, balance={"masks": "drawn"}))
