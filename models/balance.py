@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import review
 from models.acceptance import AcceptanceFilter
 from models.artifacts import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from models.audit import LOCAL, AuditEntry, AuditLog, open_audit_log
@@ -346,10 +347,9 @@ def balance_dataset(
 
     mask_files = chooser_for(manifest, s).save_masks(planned, out) if s.masks != "own" else None
     target = out / "manifest.csv"
-    atomic_write_bytes(
-        target,
-        balanced_manifest_text(
-            manifest, planned, out, s.lesion_label, inpainter.model_version, s.mode, mask_files
-        ).encode(),
+    text = balanced_manifest_text(
+        manifest, planned, out, s.lesion_label, inpainter.model_version, s.mode, mask_files
     )
+    # A rerun keeps a person's review of the same images (models/review.py).
+    atomic_write_bytes(target, review.carry_over(target, text).encode())
     return target

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models.data.manifest import Manifest, Row, read_manifest
-from models.errors import ConfigError, NotFoundError, ParameterError
+from models.errors import ConfigError, LesionsynthError, NotFoundError, ParameterError
 
 COLUMN = "review"
 ACCEPTED, REJECTED, UNREVIEWED = "accepted", "rejected", ""
@@ -165,7 +165,7 @@ def carry_over(previous: Path, text: str) -> str:
         return text
     try:
         old = read_manifest(previous)
-    except Exception:  # an unreadable old manifest has no decisions worth keeping
+    except (LesionsynthError, OSError):  # an unreadable old manifest has no decisions worth keeping
         return text
     decisions = {
         r.fields.get("image_path"): decision_of(r.fields)

@@ -193,3 +193,23 @@ def test_experiment_config_takes_require_review(tmp_path, demo_manifest):
 def test_set_review_in_a_missing_folder_is_not_found(tmp_path):
     with pytest.raises(NotFoundError):
         review.set_review(tmp_path / "absent" / "balanced", "synthetic/syn_00000.png", "accepted")
+
+
+def test_rerunning_balance_keeps_the_review(tmp_path, demo_manifest, tiny_synth):
+    from models.balance import BalanceSettings, balance_dataset
+
+    settings = BalanceSettings(
+        manifest=demo_manifest,
+        model=tiny_synth,
+        normal_label="normal",
+        lesion_label="lesion",
+        count=2,
+        out=tmp_path / "balanced",
+        steps=2,
+        progress=False,
+    )
+    balance_dataset(settings)
+    names = [i["image_path"] for i in review.review_items(settings.out)]
+    review.set_review(settings.out, names[1], "rejected")
+    balance_dataset(settings)  # a rerun (resume) rewrites manifest.csv
+    assert [i["decision"] for i in review.review_items(settings.out)] == ["", "rejected"]
