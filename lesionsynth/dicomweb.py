@@ -52,8 +52,14 @@ class DicomWebClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DicomWebError(f"cannot reach the DICOMweb server ({type(exc).__name__})") from exc
+
     def _get(self, path: str, accept: str, params: dict | None = None) -> httpx.Response:
-        r = self.http.get(path, params=params, headers={"Accept": accept})
+        r = self._send("GET", path, params=params, headers={"Accept": accept})
         if r.status_code >= 400:
             raise DicomWebError(f"DICOMweb GET {path} answered {r.status_code}")
         return r
@@ -99,7 +105,7 @@ class DicomWebClient:
             "Content-Type": f'multipart/related; type="{DICOM}"; boundary={boundary}',
             "Accept": DICOM_JSON,
         }
-        r = self.http.post(path, content=body, headers=headers)
+        r = self._send("POST", path, content=body, headers=headers)
         if r.status_code >= 400:
             raise DicomWebError(f"DICOMweb STOW-RS {path} answered {r.status_code}")
         return r.json() if r.content else {}
@@ -139,9 +145,10 @@ def download_study(client: DicomWebClient, study_uid: str, folder: str | Path) -
     from models.data.dicom import read_dataset
 
     folder = Path(folder)
+    retrieved = client.retrieve_study(study_uid)  # before any folder is made: a failure leaves nothing
     folder.mkdir(parents=True, exist_ok=True)
     found = []
-    for data in client.retrieve_study(study_uid):
+    for data in retrieved:
         ds = read_dataset(data)
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         atomic_write_bytes(path, data)

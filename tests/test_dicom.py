@@ -170,3 +170,32 @@ def test_dicom_round_trip_through_the_cli_passes_dciodvfy(tmp_path, tiny_synth):
     # we write when the source does not say (unknown); the SEG gives no warnings.
     assert dciodvfy_errors(out) == []
     assert dciodvfy_errors(seg_path) == []
+
+
+def test_dicomweb_multipart_and_an_unreachable_server():
+    from typer.testing import CliRunner
+
+    from lesionsynth.cli import app
+    from lesionsynth.dicomweb import multipart_parts
+
+    body = b"--b1\r\nContent-Type: application/dicom\r\n\r\nONE\r\n--b1\r\nContent-Type: x\r\n\r\nTWO\r\n--b1--\r\n"
+    assert multipart_parts(body, 'multipart/related; type="application/dicom"; boundary=b1') == [
+        b"ONE",
+        b"TWO",
+    ]
+    args = [
+        "dicomweb",
+        "store-synthetic",
+        "--url",
+        "http://127.0.0.1:9/dicom-web",
+        "--manifest",
+        "nothing.csv",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "error" in result.output
+    from services.harness import free_ports
+
+    [port] = free_ports(1)  # nothing listens there
+    fetch = ["dicomweb", "fetch", "--url", f"http://127.0.0.1:{port}/dicom-web", "--study", "1.2.3"]
+    result = CliRunner().invoke(app, [*fetch, "--out", "x", "--label-keyword", "ImageComments"])
+    assert result.exit_code == 2 and "cannot reach the DICOMweb server" in result.output, result.output

@@ -102,17 +102,12 @@ def study(demo_manifest):
 
 def test_read_balance_store_back_and_find_synthetic(orthanc, demo_manifest, tiny_synth, tmp_path):
     import pydicom
+    from typer.testing import CliRunner
 
-    from lesionsynth.dicomweb import (
-        SERIES_DESCRIPTION,
-        SERIES_UID,
-        DicomWebClient,
-        download_study,
-        synthetic_series,
-        value,
-        write_manifest,
-    )
+    from lesionsynth.cli import app
+    from lesionsynth.dicomweb import SERIES_DESCRIPTION, SERIES_UID, DicomWebClient, synthetic_series, value
     from models.balance import BalanceSettings, balance_dataset
+    from models.data.manifest import load_manifest
     from models.provenance import read_provenance
 
     study_uid, instances = study(demo_manifest)
@@ -120,9 +115,13 @@ def test_read_balance_store_back_and_find_synthetic(orthanc, demo_manifest, tiny
         client.store(instances)
         assert [value(s, "0020000D") for s in client.search_studies()] == [study_uid]
 
-        local = download_study(client, study_uid, tmp_path / "study")
-        assert len(local) == len(instances)
-        manifest = write_manifest(local, tmp_path / "study", label_of=lambda ds: str(ds.ImageComments))
+        folder = tmp_path / "study"
+        fetch = ["dicomweb", "fetch", "--url", orthanc, "--study", study_uid, "--out", str(folder)]
+        result = CliRunner().invoke(app, [*fetch, "--label-keyword", "ImageComments"])
+        assert result.exit_code == 0, result.output
+        assert len(list(folder.glob("*.dcm"))) == len(instances)
+        manifest = folder / "manifest.csv"
+        assert sorted(r.label for r in load_manifest(manifest).rows) == ["lesion"] * 3 + ["normal"] * 4
         out = tmp_path / "balanced"
         settings = dict(normal_label="normal", lesion_label="lesion", count=2, steps=2, seed=0)
         balanced = balance_dataset(
@@ -130,9 +129,10 @@ def test_read_balance_store_back_and_find_synthetic(orthanc, demo_manifest, tiny
         )
         assert all(read_provenance(p) is not None for p in (out / "synthetic").glob("*.png"))
 
-        new = synthetic_series(balanced)
-        assert len(new) == 4  # 2 synthetic images + their SEGs
-        client.store(new, study_uid)
+        assert len(synthetic_series(balanced)) == 4  # 2 synthetic images + their SEGs
+        store = ["dicomweb", "store-synthetic", "--url", orthanc, "--manifest", str(balanced)]
+        result = CliRunner().invoke(app, store)
+        assert result.exit_code == 0 and "stored 4 instances" in result.output, result.output
 
         series = client.search_series(study_uid, includefield="all")
         synthetic = [s for s in series if "SYNTHETIC" in (value(s, SERIES_DESCRIPTION) or "")]

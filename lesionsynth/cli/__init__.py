@@ -6,7 +6,7 @@ the order ``--help`` lists them.
 
 # isort: off
 from lesionsynth.cli.app import app, main
-from lesionsynth.cli import data, recipes, experiment, export, provenance, masks  # noqa: F401  (registers the commands)
+from lesionsynth.cli import data, recipes, experiment, export, provenance, masks, dicomweb  # noqa: F401  (registers the commands)
 # isort: on
 
 __all__ = ["app", "main"]
