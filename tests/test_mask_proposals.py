@@ -293,3 +293,57 @@ def test_masks_is_a_job_parameter_and_an_experiment_key(tmp_path, demo_manifest)
     assert config.balance["masks"] == "proposed"
     with pytest.raises(ParameterError, match="masks must be one of own, proposed, auto"):
         load_config(experiment_yaml(tmp_path, demo_manifest, balance={"masks": "drawn"}))
+
+
+def test_service_bank_from_the_folder_else_the_setting_else_a_clear_error(
+    tmp_path, tiny_synth, demo_manifest
+):
+    """The synthesis handler (in process): a synthesizer folder from before banks has none; proposals
+    then use LESIONSYNTH_SHAPE_BANK, and without it the error says how to make one."""
+    import shutil
+
+    from models.data.manifest import load_manifest
+    from models.errors import ModelFolderError
+    from models.masks import bank_from_manifest
+    from services.common.settings import CommonSettings
+    from services.synthesis.handler import ProposalTask, SynthesisHandler
+    from services.synthesis.settings import SynthesisSettings
+
+    old = tmp_path / "old-synth"
+    shutil.copytree(tiny_synth, old, ignore=shutil.ignore_patterns("checkpoints", "shape_bank.*"))
+    card = json.loads((old / "model_card.json").read_text())
+    card["files"] = {k: v for k, v in card["files"].items() if not k.startswith("shape_bank")}
+    (old / "model_card.json").write_text(json.dumps(card))
+    bank_dir = tmp_path / "bank"
+    bank_from_manifest(load_manifest(demo_manifest), "lesion").save(bank_dir)
+    image, _ = load_manifest(demo_manifest).rows_in("train", "normal")[0].load()
+
+    def handler(shape_bank):
+        return SynthesisHandler(
+            SynthesisSettings(
+                common=CommonSettings.from_env(default_grpc_port=0, default_request_timeout_s=60.0),
+                model=str(old),
+                model_store=str(tmp_path / "store"),
+                device="cpu",
+                unet_batch_size=4,
+                max_batch_size=2,
+                max_latency_ms=10,
+                reload_interval_s=0.0,
+                shape_bank=shape_bank,
+            )
+        )
+
+    without = handler(None)
+    try:
+        with pytest.raises(
+            ModelFolderError, match="no shape bank.*lesionsynth masks bank.*LESIONSYNTH_SHAPE_BANK"
+        ):
+            without.propose(ProposalTask(image, 3, None))
+    finally:
+        without.close()
+    fallback = handler(str(bank_dir))
+    try:
+        mask = fallback.propose(ProposalTask(image, 3, None))
+        assert mask.any() and np.array_equal(mask, propose_mask(image, load_bank(bank_dir), 3))
+    finally:
+        fallback.close()
