@@ -138,3 +138,46 @@ def test_proposal_button(service, browser, source):
 
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_a_dicom_image_opens_through_preview(service, browser, tmp_path, normal_pair):
+    """The browser cannot decode DICOM: the page shows the service's decoding (/preview) and sends the
+    DICOM bytes themselves to the synthesis."""
+    from dicom_samples import dataset, to_bytes
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    image, _ = normal_pair
+    path = tmp_path / "source.dcm"
+    path.write_bytes(to_bytes(dataset(image)))
+    open_studio(browser, service, path)
+    shown = browser.execute_script("return document.getElementById('source').toDataURL('image/png')")
+    assert np.array_equal(decode_image(data_url_bytes(shown)), image)
+    ActionChains(browser).move_to_element(browser.find_element("id", "overlay")).click().perform()
+    for field, value in (("steps", STEPS), ("count", 1), ("seed", 3)):
+        box = browser.find_element("id", field)
+        box.clear()
+        box.send_keys(str(value))
+    browser.find_element("id", "run").click()
+    wait_until(lambda: browser.find_elements("css selector", "#results a.download"), driver=browser)
+    result = decode_image(
+        data_url_bytes(browser.find_element("css selector", "#results a.download").get_attribute("href"))
+    )
+    assert result.shape == image.shape
+
+
+def test_drag_and_drop_opens_an_image(service, browser, source):
+    import base64
+
+    image, path = source
+    open_studio(browser, service, path)  # the token; then a different image is dropped
+    dropped = np.ascontiguousarray(image[:40, :36])
+    browser.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true }));
+        """,
+        base64.b64encode(png_bytes(dropped)).decode(),
+    )
+    wait_until(lambda: "image 36 x 40" in browser.find_element("id", "status").text, driver=browser)
