@@ -276,7 +276,8 @@ def test_the_classifier_service_runs_without_torch(serving_classifier):
 
 def test_a_dicom_image_scores_like_its_png(service, images):
     """DICOM goes through the same decode path (models/data/dicom.py): a multipart part holding a DICOM
-    file, base64 JSON and gRPC bytes score exactly like the same pixels as PNG."""
+    file, a raw application/dicom body, base64 JSON and gRPC bytes score exactly like the same pixels as
+    PNG."""
     from dicom_samples import dataset, to_bytes
 
     image = images[0]
@@ -285,8 +286,11 @@ def test_a_dicom_image_scores_like_its_png(service, images):
         png = http.post("/classify", files={"image": ("x.png", png_bytes(image), "image/png")})
         dcm = http.post("/classify", files={"image": ("x.dcm", dicom, "application/dicom")})
         batch = http.post("/classify_batch", json={"items": [{"image": base64.b64encode(dicom).decode()}]})
-    assert png.status_code == dcm.status_code == batch.status_code == 200, dcm.text
-    assert dcm.json()["probability"] == png.json()["probability"]
+        raw = http.post("/classify", content=dicom, headers={"Content-Type": "application/dicom"})
+        elsewhere = http.post("/classify_batch", content=dicom, headers={"Content-Type": "application/dicom"})
+    assert png.status_code == dcm.status_code == batch.status_code == raw.status_code == 200, raw.text
+    assert dcm.json()["probability"] == png.json()["probability"] == raw.json()["probability"]
+    assert_problem(elsewhere, 415, "unsupported content type 'application/dicom'")  # only one-file endpoints
     assert batch.json()[0]["probability"] == png.json()["probability"]
     with grpc.insecure_channel(service.grpc_target) as channel:
         reply = classifier_pb2_grpc.ClassifierStub(channel).Classify(

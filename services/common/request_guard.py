@@ -8,7 +8,9 @@ Found by fuzzing (schemathesis, issue 6) and by reading BentoML 1.4's request pa
   is a URL). A screening service must not fetch images from addresses a client names (server-side request
   forgery, data from anywhere), so any input that is an http(s) URL is refused: upload the bytes;
 - only ``application/json`` and ``multipart/form-data`` are accepted (415 otherwise); BentoML also knows
-  a pickle content type, which it refuses on main servers — refused here regardless.
+  a pickle content type, which it refuses on main servers — refused here regardless. One exception: a raw
+  ``application/dicom`` body (a DICOM file, as PACS tools send it) to an endpoint that takes one file
+  (:data:`RAW_FILE_FIELDS`: the classifier's ``/classify``) is wrapped here as that multipart field.
 The body is read once (under the request-size limit, which wraps this middleware), checked, and replayed.
 """
 
@@ -19,6 +21,9 @@ import re
 from services.common.errors import MALFORMED_REQUEST, UNSUPPORTED_MEDIA_TYPE, send_problem
 
 ACCEPTED = ("application/json", "multipart/form-data")
+#: Endpoints taking one file, and its field: a raw ``application/dicom`` body becomes that field.
+RAW_FILE_FIELDS = {"/classify": "image"}
+DICOM = "application/dicom"
 URL = re.compile(rb'^\s*"?\s*https?://', re.IGNORECASE)
 
 
@@ -32,7 +37,8 @@ class RequestGuardMiddleware:
         headers = dict(scope.get("headers") or ())
         content_type = headers.get(b"content-type", b"application/json").decode("latin-1")
         media = content_type.split(";")[0].strip().lower() or "application/json"
-        if media not in ACCEPTED:
+        raw_field = RAW_FILE_FIELDS.get(scope["path"]) if media == DICOM else None
+        if media not in ACCEPTED and raw_field is None:
             return await send_problem(
                 send,
                 UNSUPPORTED_MEDIA_TYPE,
@@ -46,6 +52,10 @@ class RequestGuardMiddleware:
             chunks.append(event.get("body", b""))
             more = event.get("more_body", False)
         body = b"".join(chunks)
+        if raw_field is not None:
+            scope, body = _as_multipart(scope, raw_field, body)
+            media = "multipart/form-data"
+            content_type = dict(scope["headers"])[b"content-type"].decode("latin-1")
         problem = await self._check(scope, media, content_type, body)
         if problem:
             return await send_problem(send, MALFORMED_REQUEST, problem)
@@ -83,3 +93,24 @@ class RequestGuardMiddleware:
         finally:
             await form.close()
         return None
+
+
+def _as_multipart(scope, field: str, body: bytes):
+    """``body`` (a raw file) as a one-part multipart/form-data body named ``field``, with the headers."""
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    wrapped = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{field}.dcm"\r\n'
+            f"Content-Type: {DICOM}\r\n\r\n"
+        ).encode()
+        + body
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = [(k, v) for k, v in scope.get("headers") or () if k not in (b"content-type", b"content-length")]
+    headers += [
+        (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+        (b"content-length", str(len(wrapped)).encode()),
+    ]
+    return {**scope, "headers": headers}, wrapped
