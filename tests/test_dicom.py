@@ -66,6 +66,30 @@ def test_lossless_compressed(syntax):
     assert (decode_image(to_bytes(ds)) == image).all()
 
 
+def pydicom_file(name: str):
+    """One of the DICOM files pydicom ships for its own tests (made by dcmtk, GDCM, ...)."""
+    from pathlib import Path
+
+    return Path(pydicom.__file__).parent / "data" / "test_files" / name
+
+
+def test_files_from_other_toolkits_decode_by_the_same_rule():
+    """Real encoders' output: lossless syntaxes give the same pixels, lossy ones nearly; others decode."""
+    rgb = decode_image(pydicom_file("SC_rgb_rle.dcm"))  # RLE, RGB
+    same = {"SC_rgb_jpeg_gdcm.dcm": 0, "SC_rgb_dcmtk_+eb+cr.dcm": 1}  # JPEG lossless (process 14); baseline
+    near = {"SC_rgb_jpeg_dcmtk.dcm": 8, "SC_ybr_full_422_uncompressed.dcm": 8}  # baseline YBR_FULL; YBR 4:2:2
+    for name, tolerance in {**same, **near}.items():
+        assert np.abs(decode_image(pydicom_file(name)).astype(int) - rgb).max() <= tolerance, name
+    grey = decode_image(pydicom_file("MR_small.dcm"))  # 16-bit MONOCHROME2
+    for name in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"):  # RLE, JPEG 2000 lossless
+        assert (decode_image(pydicom_file(name)) == grey).all(), name
+    for name in ("CT_small.dcm", "JPGExtended.dcm", "JPEG2000.dcm", "examples_palette.dcm"):
+        out = decode_image(pydicom_file(name))  # signed 16-bit CT; 12-bit JPEG extended; palette
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.max() > out.min(), name
+    with pytest.raises(InvalidImageError, match=r"multi-frame DICOM \(2 frames\)"):
+        decode_image(pydicom_file("SC_rgb_rle_2frame.dcm"))
+
+
 def test_limits_and_refusals_read_like_other_formats(tmp_path):
     data = to_bytes(dataset(rgb(100, 100)))
     with pytest.raises(InvalidImageError, match="100x100 = 10,000 pixels is over the limit of 9,999"):
