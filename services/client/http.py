@@ -139,13 +139,19 @@ class SynthesisClient(_Client):
         if mask is not None:
             files["mask"] = ("mask", mask, "application/octet-stream")
         r = self.post("/synthesize", files=files, data=data)
+        proposed = None
+        if r.headers.get("x-proposed-mask") == "true":  # a large mask is not in a header: ask again
+            if "x-mask-png" in r.headers:
+                proposed = base64.b64decode(r.headers["x-mask-png"])
+            else:
+                proposed = self.propose_mask(image, seed=int(r.headers["x-seed"]))[0]
         return SynthesisReply(
             r.content,
             int(r.headers["x-seed"]),
             int(r.headers["x-steps"]),
             float(r.headers["x-strength"]),
             r.headers["x-model-version"],
-            base64.b64decode(r.headers["x-mask-png"]) if r.headers.get("x-proposed-mask") == "true" else None,
+            proposed,
         )
 
     def synthesize_many(

@@ -30,6 +30,9 @@ from services.synthesis.studio import PAGES, Preview
 SETTINGS = process_settings(SynthesisSettings)
 #: A base64 field: declared as such and checked by pydantic (a bad one is 400, like the batch API's).
 B64 = {"pattern": BASE64["pattern"], "json_schema_extra": BASE64}
+#: Largest proposed mask (base64 characters) sent in the X-Mask-PNG header: HTTP clients cap a response's
+#: headers (h11: 16 KiB in all); a larger one is left out and /propose_mask with X-Seed returns it.
+MAX_MASK_HEADER = 8192
 # Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
 preflight("synthesizer", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[SynthesisItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
@@ -69,7 +72,7 @@ class SynthesisService:
         """Paint a synthetic lesion into ``mask`` of ``image``; the PNG's seed and model version are in
         the X-Seed and X-Model-Version headers. Without a mask part the server proposes one (as
         /propose_mask with the X-Seed seed gives again): X-Proposed-Mask: true, and X-Mask-PNG holds the
-        proposed mask as base64 PNG (0/255)."""
+        proposed mask as base64 PNG (0/255) when it is small enough for a header (MAX_MASK_HEADER)."""
         from models.errors import LesionsynthError
         from services.synthesis.handler import parse_task
 
@@ -90,9 +93,10 @@ class SynthesisService:
             }
         )
         if result.mask_png is not None:
-            ctx.response.headers.update(
-                {"X-Proposed-Mask": "true", "X-Mask-PNG": base64.b64encode(result.mask_png).decode()}
-            )
+            ctx.response.headers["X-Proposed-Mask"] = "true"
+            encoded = base64.b64encode(result.mask_png).decode()
+            if len(encoded) <= MAX_MASK_HEADER:  # else: POST /propose_mask with X-Seed gives it
+                ctx.response.headers["X-Mask-PNG"] = encoded
         return result.png
 
     @bentoml.api(
