@@ -123,7 +123,7 @@ def test_accept_by_click_reject_by_keyboard(service, dirs):
         assert len(items) == 3
         wait_until(
             lambda: all(
-                img.get_attribute("src").startswith("blob:")
+                (img.get_attribute("src") or "").startswith("blob:")
                 for img in driver.find_elements("css selector", "#items img")
             ),
             what="every image (fetched with the token)",
