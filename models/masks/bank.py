@@ -1,7 +1,7 @@
 """The shape bank: real lesion mask shapes of one class, and the size range of that class's lesions.
 
-Built from the lesion class's ``train`` masks (never val/test): each mask's region is cropped to its
-bounding box, padded to a square (so the aspect ratio survives), resized to ``side`` px and thresholded;
+Built from the lesion class's ``train`` masks (never val/test): each mask's region (of masks not cut by
+the image border, unless all are) is cropped to its bounding box, padded to a square (so the aspect ratio survives), resized to ``side`` px and thresholded;
 each mask's size relative to its image, ``sqrt(mask area / image area)``, is kept, and the class's size
 range is the 5th-95th percentile of those sizes.
 
@@ -38,7 +38,8 @@ HINT = "build one with `lesionsynth masks bank --manifest M --lesion-label L --o
 class ShapeBank:
     #: (N, side, side) bool: each mask's bounding-box region, padded square, resized.
     shapes: np.ndarray
-    #: (N,) float: sqrt(mask area / image area) of each mask.
+    #: (M,) float: sqrt(mask area / image area) of every mask (M >= N: masks cut by the border give sizes,
+    #: not shapes).
     sizes: np.ndarray
     #: (lo, hi): the class's size range (the PERCENTILES of ``sizes``).
     size_range: tuple[float, float]
@@ -143,15 +144,19 @@ def mask_shape(mask: np.ndarray, side: int = SIDE) -> np.ndarray:
 def build_bank(
     masks: Iterable[np.ndarray], lesion_label: str = "", side: int = SIDE, info: dict | None = None
 ) -> ShapeBank:
-    """A bank from (H, W) bool masks (empty masks are skipped)."""
-    shapes, sizes = [], []
+    """A bank from (H, W) bool masks (empty masks are skipped). Every mask counts for the size range;
+    the shapes are those of masks that do not touch the image border (a lesion cut by the border has a
+    straight edge no lesion has), unless every mask does."""
+    shapes, cut, sizes = [], [], []
     for mask in masks:
         if not mask.any():
             continue
-        shapes.append(mask_shape(mask, side))
+        touches = mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
+        (cut if touches else shapes).append(mask_shape(mask, side))
         sizes.append(float(np.sqrt(mask.sum() / mask.size)))
-    if not shapes:
+    if not sizes:
         raise ConfigError("no lesion masks to build a shape bank from")
+    shapes = shapes or cut
     sizes_arr = np.asarray(sizes)
     lo, hi = np.percentile(sizes_arr, PERCENTILES)
     return ShapeBank(np.stack(shapes), sizes_arr, (float(lo), float(hi)), lesion_label, dict(info or {}))

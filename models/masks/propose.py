@@ -2,8 +2,9 @@
 
 A seeded generator draws, per attempt: a bank shape, a rotation (a free angle), a horizontal flip and a
 relative size uniform in the bank's size range (sqrt(mask area / image area), the class's 5th-95th
-percentile); the shape is resized so its area matches, and a position is drawn among the allowed
-pixels (models/masks/tissue.py) until the whole shape lies inside the allowed area. The same image, bank,
+percentile; after failed attempts the upper bound falls towards the range's low end); the shape is resized so its area matches, and a position is drawn among the allowed
+pixels (models/masks/tissue.py) until the whole shape lies inside the allowed area; when 40 draws miss,
+every position is checked at once (an FFT correlation of the shape with the forbidden pixels). The same image, bank,
 ROI and seed give the same mask. When nothing fits, ProposalError says why.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy.signal import fftconvolve
 
 from models.errors import InvalidMaskError
 from models.masks.bank import ShapeBank
@@ -60,26 +62,40 @@ def propose_mask(image: np.ndarray, bank: ShapeBank, seed: int, roi: np.ndarray 
     rng = np.random.default_rng([int(seed), 0x6D61736B])
     lo, hi = bank.size_range
     fractions = bank.shapes.reshape(len(bank), -1).mean(axis=1)
-    for _ in range(SHAPE_TRIES):
+    for attempt in range(SHAPE_TRIES):
         i = int(rng.integers(len(bank)))
         angle = float(rng.uniform(0.0, 360.0))
         flip = bool(rng.random() < 0.5)
-        size = float(rng.uniform(lo, hi))
+        # the whole range first; where large lesions do not fit, the upper bound falls to the range's low
+        # end by half-way (PH2's melanomas span 0.44-0.97 of the side: the top of that rarely fits)
+        upper = hi - (hi - lo) * min(1.0, attempt / (SHAPE_TRIES / 2))
+        size = float(rng.uniform(lo, upper))
         # area of the shape at box side L is fraction * L^2 (before rotation); match size^2 * H * W
         box_side = max(3, round(size * np.sqrt(h * w / max(fractions[i], 1e-6))))
         shape = _transformed(bank.shapes[i], angle, flip, box_side)
         sh, sw = shape.shape
         if sh >= h or sw >= w:
             continue
-        for _ in range(POSITION_TRIES):
+        place = None
+        for _ in range(POSITION_TRIES):  # cheap draws centred on allowed pixels first
             k = int(rng.integers(ys.size))
             top, left = int(ys[k]) - sh // 2, int(xs[k]) - sw // 2
             if top < 1 or left < 1 or top + sh > h - 1 or left + sw > w - 1:
                 continue
             if area[top : top + sh, left : left + sw][shape].all():
-                mask = np.zeros((h, w), dtype=bool)
-                mask[top : top + sh, left : left + sw] = shape
-                return mask
+                place = top, left
+                break
+        if place is None:  # then every position at once: where no shape pixel meets a forbidden one
+            hits = fftconvolve((~area).astype(np.float32), shape[::-1, ::-1].astype(np.float32), mode="valid")
+            tops, lefts = np.nonzero(hits < 0.5)
+            if tops.size:
+                k = int(rng.integers(tops.size))
+                place = int(tops[k]), int(lefts[k])
+        if place is not None:
+            top, left = place
+            mask = np.zeros((h, w), dtype=bool)
+            mask[top : top + sh, left : left + sw] = shape
+            return mask
     share = 100.0 * ys.size / (h * w)
     raise ProposalError(
         f"no placement fits: the allowed area ({where}, away from the border) is {share:.1f}% of the image "
