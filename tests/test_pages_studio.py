@@ -56,6 +56,10 @@ def open_studio(browser, service, source_path) -> None:
     token.clear()  # the page keeps the token of an earlier visit (sessionStorage)
     token.send_keys(TOKEN)
     browser.execute_script("document.getElementById('token').dispatchEvent(new Event('change'))")
+    # The service's defaults arrive with /info; the tests fill the form after that.
+    wait_until(
+        lambda: browser.find_element("id", "model").text.startswith("model "), what="/info", driver=browser
+    )
     browser.find_element("id", "file").send_keys(str(source_path))
     wait_until(
         lambda: "image " in browser.find_element("id", "status").text, what="the image", driver=browser

@@ -266,6 +266,9 @@ function init() {
     if (e.key === "b") $("tool-paint").checked = true;
     if (e.key === "e") $("tool-erase").checked = true;
   });
+  for (const id of ["steps", "strength"]) {
+    $(id).addEventListener("input", () => { $(id).dataset.edited = "1"; });
+  }
   loadInfo();
 }
 
@@ -273,9 +276,11 @@ async function loadInfo() {
   try {
     const info = await api("/info", {});
     $("model").textContent = "model " + info.model_version + " (" + info.resolution + " px)";
-    $("steps").value = info.default_steps;
     $("steps").max = info.max_steps;
-    $("strength").value = info.default_strength;
+    // The service's defaults, unless the person has already typed a value (the reply may come late:
+    // after the token is entered, or while someone fills the form).
+    if (!$("steps").dataset.edited) $("steps").value = info.default_steps;
+    if (!$("strength").dataset.edited) $("strength").value = info.default_strength;
   } catch (e) {
     setStatus(e.message + (e.message.startsWith("401") ? ": enter the bearer token" : ""), true);
   }
