@@ -2,7 +2,8 @@
 
 A person's path: open an image with the file picker, paint a mask with mouse strokes on the canvas, run
 two seeds, see both results, download one: the downloaded PNG equals the source outside the editable
-region (models/diffusion/blend.py) of the mask the page painted, and differs inside it.
+region (models/diffusion/blend.py) of the mask the page painted, and differs inside it. A DICOM source's
+results also download as DICOM (a synthetic series in its study) and SEG.
 """
 
 from __future__ import annotations
@@ -146,13 +147,15 @@ def auth() -> dict[str, str]:
 
 def test_a_dicom_image_opens_through_preview(service, browser, tmp_path, normal_pair):
     """The browser cannot decode DICOM: the page shows the service's decoding (/preview) and sends the
-    DICOM bytes themselves to the synthesis."""
+    DICOM bytes themselves to the synthesis; each result downloads as PNG and as DICOM (+ SEG)."""
+    import pydicom
     from dicom_samples import dataset, to_bytes
     from selenium.webdriver.common.action_chains import ActionChains
 
     image, _ = normal_pair
+    source = dataset(image)
     path = tmp_path / "source.dcm"
-    path.write_bytes(to_bytes(dataset(image)))
+    path.write_bytes(to_bytes(source))
     open_studio(browser, service, path)
     shown = browser.execute_script("return document.getElementById('source').toDataURL('image/png')")
     assert np.array_equal(decode_image(data_url_bytes(shown)), image)
@@ -167,6 +170,31 @@ def test_a_dicom_image_opens_through_preview(service, browser, tmp_path, normal_
         data_url_bytes(browser.find_element("css selector", "#results a.download").get_attribute("href"))
     )
     assert result.shape == image.shape
+
+    # A DICOM source: the result downloads as DICOM too (/synthesize_dicom, same seed and settings: the
+    # same pixels), a new series in the source's study marked SYNTHETIC, and its mask as a SEG.
+    link = browser.find_element("css selector", "#results a.download-dicom")
+    assert link.get_attribute("download") == "synthetic_seed3.dcm" and link.text == "download DICOM"
+    link.click()
+    wait_until(lambda: link.get_attribute("data-ready"), what="the DICOM download", driver=browser)
+    made_bytes = dicom_url_bytes(link.get_attribute("href"))
+    made = pydicom.dcmread(io.BytesIO(made_bytes))
+    assert "SYNTHETIC" in made.SeriesDescription and "seed 3" in made.DerivationDescription
+    assert made.StudyInstanceUID == source.StudyInstanceUID
+    assert made.SeriesInstanceUID != source.SeriesInstanceUID
+    assert np.array_equal(decode_image(made_bytes), result), "the DICOM's pixels are the PNG's"
+    seg = browser.find_element("css selector", "#results a.download-seg")
+    assert seg.get_attribute("download") == "synthetic_seed3.seg.dcm"
+    seg_ds = pydicom.dcmread(io.BytesIO(dicom_url_bytes(seg.get_attribute("href"))))
+    assert seg_ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+    assert seg_ds.StudyInstanceUID == made.StudyInstanceUID
+
+
+def dicom_url_bytes(url: str) -> bytes:
+    import base64
+
+    assert url.startswith("data:application/dicom;base64,"), url[:40]
+    return base64.b64decode(url.split(",", 1)[1])
 
 
 def test_drag_and_drop_opens_an_image(service, browser, source):

@@ -576,3 +576,88 @@ def test_dicom_in_provenance_out_and_the_audit_log(service, http, stub, pair):
     for e in rows:
         assert e.actor == "anonymous" and e.seed == 11 and e.image_sha256 == sha256_bytes(dicom)
         assert e.mask_sha256 == sha256_bytes(mask_png)
+
+
+def test_synthesize_dicom_writes_a_synthetic_series_in_the_source_study(service, http, inpainter, pair):
+    """/synthesize_dicom: the synthetic image as a DICOM of a new series in the source's study, saying
+    SYNTHETIC, with the same pixels as /synthesize_batch's PNG for the same seed, its mask as a SEG, one
+    audit row holding the DICOM's sha256; dciodvfy finds no errors. A non-DICOM source is a 422."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import pydicom
+    from dicom_samples import VL_PHOTOGRAPHIC, dataset, to_bytes
+
+    from models.artifacts import sha256_bytes
+    from models.audit import AuditLog
+    from models.data.images import decode_mask
+    from models.provenance import read_provenance
+
+    image, mask, image_png, mask_png = pair
+    source = dataset(image, sop_class=VL_PHOTOGRAPHIC, modality="XC")
+    dicom = to_bytes(source)
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    item = {"image": b64(dicom), "mask": b64(mask_png), "seed": 21, "steps": STEPS}
+    r = http.post("/synthesize_dicom", json={"items": [item]})
+    assert r.status_code == 200, r.text
+    [out] = r.json()
+    assert out["seed"] == 21 and out["steps"] == STEPS and out["model_version"] == inpainter.model_version
+    made_bytes = base64.b64decode(out["dicom"])
+    made = pydicom.dcmread(io.BytesIO(made_bytes))
+    assert made.StudyInstanceUID == source.StudyInstanceUID and made.PatientID == source.PatientID
+    assert made.SeriesInstanceUID != source.SeriesInstanceUID
+    assert made.SOPInstanceUID != source.SOPInstanceUID
+    assert list(made.ImageType) == ["DERIVED", "SECONDARY"] and made.ConversionType == "SYN"
+    assert "SYNTHETIC" in made.SeriesDescription and "SYNTHETIC" in made.ImageComments
+    assert "seed 21" in made.DerivationDescription
+    assert made.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    provenance = read_provenance(made_bytes)
+    assert provenance is not None and provenance.seed == 21
+    assert provenance.source_sha256 == sha256_bytes(dicom)
+
+    png = http.post("/synthesize_batch", json={"items": [item]})
+    assert png.status_code == 200, png.text
+    assert np.array_equal(decode_image(made_bytes), decode_image(base64.b64decode(png.json()[0]["image"])))
+    outside = ~inpainter.editable_region(mask)
+    assert np.array_equal(decode_image(made_bytes)[outside], image[outside])
+
+    seg_bytes = base64.b64decode(out["seg"])
+    seg = pydicom.dcmread(io.BytesIO(seg_bytes))
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    assert referenced == made.SOPInstanceUID
+    assert np.array_equal(decode_mask(seg_bytes), mask)
+
+    audit = AuditLog(Path(service.env["LESIONSYNTH_MODEL_STORE"]).resolve().parent / "audit.sqlite")
+    [row] = audit.find(sha256_bytes(made_bytes))
+    assert (row.source, row.seed, row.image_sha256) == ("rest", 21, sha256_bytes(dicom))
+
+    # No mask: a proposal (the SEG holds it), as /synthesize_batch would propose for this seed.
+    proposed = http.post("/synthesize_dicom", json={"items": [{**item, "mask": None}]})
+    assert proposed.status_code == 200, proposed.text
+    batch = http.post("/synthesize_batch", json={"items": [{**item, "mask": None}]}).json()[0]
+    proposal = decode_mask(base64.b64decode(batch["mask"]))
+    assert np.array_equal(decode_mask(base64.b64decode(proposed.json()[0]["seg"])), proposal)
+
+    doc = http.get("/docs.json").json()
+    assert doc["paths"]["/synthesize_dicom"]["post"]["requestBody"]["required"] is True
+    declared = json.dumps(doc["components"]["schemas"])
+    assert "DicomItemResult" in declared and "DicomSynthesisItem" in declared
+    for name in ("DicomItemResult", "DicomSynthesisItem"):
+        fields = doc["components"]["schemas"][name]["properties"]
+        for field in ("dicom", "seg") if name == "DicomItemResult" else ("image", "mask"):
+            assert "byte" in json.dumps(fields[field]), (name, field)  # base64, as declared
+
+    not_dicom = {**item, "image": b64(image_png)}
+    body = assert_problem(http.post("/synthesize_dicom", json={"items": [not_dicom]}), 422, "DICOM source")
+    assert body["type"].endswith("invalid-image")
+
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is not None:  # Debian's dicom3tools (tests/test_dicom.py: warnings allowed, no errors)
+        from test_dicom import dciodvfy_errors
+
+        for name, data in (("synthetic.dcm", made_bytes), ("synthetic.seg.dcm", seg_bytes)):
+            path = Path(service.workdir) / name
+            path.write_bytes(data)
+            assert dciodvfy_errors(path) == [], name

@@ -1,4 +1,5 @@
-"""What the REST and gRPC adapters of the synthesis service share: parse, synthesize, encode.
+"""What the REST and gRPC adapters of the synthesis service share: parse, synthesize, encode (PNG; DICOM
++ SEG for a DICOM task, parse_dicom_task).
 
 The ML is ``models.diffusion.inpaint.LesionInpainter``; this module turns request bytes into checked
 arrays (every problem a LesionsynthError naming the field), runs pairs through the inpainter under one
@@ -14,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import groupby
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from models.artifacts import sha256_bytes
 from models.audit import AuditEntry, default_beside, open_audit_log, token_id
 from models.data.images import check_pair, decode_image, decode_mask, encode_png
 from models.diffusion.sampler_settings import DEFAULTS, MAX_SEED, MAX_STEPS, check_seed
-from models.errors import ConfigError, ModelFolderError, ParameterError
+from models.errors import ConfigError, InvalidImageError, ModelFolderError, ParameterError
 from models.masks import ShapeBank, find_bank, load_bank, propose_mask
 from models.provenance import Provenance
 from services.common.metrics import set_model
@@ -49,6 +50,9 @@ class SynthesisTask:
     mask_sha256: str = ""
     #: The proposed mask's PNG (0/255) when the request had no mask (SynthesisHandler.fill).
     proposed_png: bytes | None = None
+    #: The source's DICOM header (a pydicom Dataset, pixel data dropped) when the result is wanted as
+    #: DICOM (parse_dicom_task): the synthetic image becomes a new series in that study.
+    dicom_source: Any = None
 
 
 @dataclass
@@ -60,6 +64,10 @@ class SynthesisResult:
     model_version: str
     #: The proposed mask (PNG 0/255) when the request had none.
     mask_png: bytes | None = None
+    #: For a DICOM task: the synthetic image as a Secondary Capture instance of a new series in the
+    #: source's study (models/data/dicom.py), and its mask as a DICOM SEG referencing it.
+    dicom: bytes | None = None
+    seg: bytes | None = None
 
 
 @dataclass
@@ -94,6 +102,53 @@ def parse_task(
     msk = decode_mask(mask, **sizes, role=f"{prefix}mask")
     check_pair(img, msk, role=role)
     return SynthesisTask(img, msk, seed, settings.steps, float(settings.strength), *hashes)
+
+
+def parse_dicom_task(
+    image: bytes,
+    mask: bytes,
+    seed: int | None,
+    steps: int | None,
+    strength: float | None,
+    limits: CommonSettings,
+    role: str = "",
+) -> SynthesisTask:
+    """:func:`parse_task` for a result wanted as DICOM: the source must be a DICOM file, since the
+    synthetic image joins its study as a new series; anything else is an InvalidImageError."""
+    from models.data.dicom import is_dicom, read_dataset
+
+    prefix = f"{role}." if role else ""
+    if image and not is_dicom(image):
+        raise InvalidImageError(
+            f"{prefix}image: a DICOM result needs a DICOM source image (a Part 10 file: the synthetic "
+            "image becomes a new series in its study); this image is not DICOM: ask for a PNG result"
+        )
+    task = parse_task(image, mask, seed, steps, strength, limits, role)
+    source = read_dataset(image, f"{prefix}image")
+    missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not source.get(k)]
+    if missing:  # checked before sampling: the synthetic image's SourceImageSequence names the source
+        raise InvalidImageError(
+            f"{prefix}image: the DICOM source has no {' or '.join(missing)}, so a synthetic series cannot "
+            "reference it"
+        )
+    if "PixelData" in source:  # the header is all the output needs
+        del source.PixelData
+    task.dicom_source = source
+    return task
+
+
+def dicom_result(task: SynthesisTask, image: np.ndarray, model_version: str) -> tuple[bytes, bytes]:
+    """A DICOM task's synthetic image and its mask as DICOM Part 10 bytes (models/data/dicom.py): a new
+    Secondary Capture series in the source's study saying SYNTHETIC with the model version and seed (the
+    source's sha256 in DerivationDescription: its provenance), and a SEG of the mask referencing it."""
+    from models.data.dicom import dataset_bytes, write_mask_seg, write_synthetic_dicom
+
+    assert task.mask is not None
+    made = write_synthetic_dicom(
+        task.dicom_source, image, model_version, task.seed, source_sha256=task.image_sha256
+    )
+    seg = write_mask_seg(made, task.mask, model_version, task.seed)
+    return dataset_bytes(made), dataset_bytes(seg)
 
 
 def parse_proposal(
@@ -221,7 +276,9 @@ class SynthesisHandler:
         self, tasks: list[SynthesisTask], transport: str, actor: str | None = None
     ) -> list[SynthesisResult]:
         """Synthesize every task (in input order); same-settings tasks share UNet batches. Each PNG carries
-        its provenance and is recorded in the audit log under ``actor`` (default: :attr:`actor`)."""
+        its provenance and is recorded in the audit log under ``actor`` (default: :attr:`actor`). A DICOM
+        task (parse_dicom_task) also gets its DICOM and SEG, and the DICOM's sha256 is the one recorded:
+        the file the client keeps is the one ``lesionsynth provenance`` finds."""
         for task in tasks:  # the adapters fill proposals per request; this is the safety net
             self.fill(task)
         results: list[SynthesisResult | None] = [None] * len(tasks)
@@ -248,6 +305,10 @@ class SynthesisHandler:
                 task, version = tasks[i], inpainter.model_version
                 png = encode_png(image, provenance=Provenance(version, task.seed, task.image_sha256))
                 results[i] = SynthesisResult(png, task.seed, steps, strength, version, task.proposed_png)
+                output = png
+                if task.dicom_source is not None:
+                    results[i].dicom, results[i].seg = dicom_result(task, image, version)
+                    output = results[i].dicom
                 entries.append(
                     AuditEntry.new(
                         actor=actor or self.actor,
@@ -256,7 +317,7 @@ class SynthesisHandler:
                         seed=task.seed,
                         image_sha256=task.image_sha256,
                         mask_sha256=task.mask_sha256,
-                        output_sha256=sha256_bytes(png),
+                        output_sha256=sha256_bytes(output),
                     )
                 )
             metrics.IMAGES.labels(transport=transport).inc(len(idx))

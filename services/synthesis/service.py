@@ -1,9 +1,10 @@
 """Synthesis service: ``bentoml serve services.synthesis.service:SynthesisService --port 3000``.
 
 REST (BentoML): /synthesize (multipart image + mask -> PNG), /synthesize_batch (JSON, adaptive
-batching), /info, /reload, /preview; the studio page GET /studio (services/synthesis/studio.py). gRPC
-lesionsynth.v1.Synthesis on LESIONSYNTH_GRPC_PORT (50051), answered by the same
-process and model. Settings: services/synthesis/settings.py (README table).
+batching), /synthesize_dicom (JSON: DICOM sources -> synthetic DICOM + SEG), /info, /reload, /preview;
+the studio page GET /studio (services/synthesis/studio.py). gRPC lesionsynth.v1.Synthesis on
+LESIONSYNTH_GRPC_PORT (50051), answered by the same process and model. Settings:
+services/synthesis/settings.py (README table).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from services.common.metrics import REJECTED
 from services.common.model_slot import preflight
 from services.common.payloads import BASE64
 from services.common.settings import process_settings
-from services.synthesis.schemas import ProposeMaskResult, SynthesisInfo, SynthesisItem, SynthesisItemResult
+from services.synthesis.schemas import (
+    DicomItemResult,
+    DicomSynthesisItem,
+    ProposeMaskResult,
+    SynthesisInfo,
+    SynthesisItem,
+    SynthesisItemResult,
+)
 from services.synthesis.settings import SynthesisSettings
 from services.synthesis.studio import PAGES, Preview
 
@@ -36,6 +44,9 @@ MAX_MASK_HEADER = 8192
 # Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
 preflight("synthesizer", SETTINGS.model, SETTINGS.model_store)
 Items = Annotated[list[SynthesisItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
+DicomItems = Annotated[
+    list[DicomSynthesisItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)
+]
 
 
 @bentoml.service(
@@ -113,6 +124,27 @@ class SynthesisService:
                 strength=r.strength,
                 model_version=r.model_version,
                 mask=base64.b64encode(r.mask_png).decode() if r.mask_png is not None else None,
+            )
+            for r in results
+        ]
+
+    @bentoml.api
+    @rest_errors
+    def synthesize_dicom(self, items: DicomItems) -> list[DicomItemResult]:
+        """/synthesize_batch for DICOM sources, answered as DICOM: each synthetic image is a new Secondary
+        Capture series in its source's study (DERIVED\\SECONDARY, SYNTHETIC with model version and seed,
+        the source in SourceImageSequence) with its mask as a DICOM SEG. The same synthesis as
+        /synthesize_batch (same seed and settings: same pixels) and one audit row per image (its output
+        sha256 is the DICOM's). Not merged with other requests: the items are sampled as sent."""
+        results = self.handler.run([item.task for item in items], "rest")
+        return [
+            DicomItemResult(
+                dicom=base64.b64encode(r.dicom or b"").decode(),
+                seg=base64.b64encode(r.seg or b"").decode(),
+                seed=r.seed,
+                steps=r.steps,
+                strength=r.strength,
+                model_version=r.model_version,
             )
             for r in results
         ]

@@ -1,8 +1,9 @@
 """The studio (GET /studio, static/studio.html + studio.js): a person's page on the synthesis service.
 
 The page draws its mask in the browser and calls the service's REST API with the bearer token the person
-enters (/info, /propose_mask, /synthesize_batch). Images a browser cannot decode (DICOM) are shown through
-/preview: the same decoding every request gets (models/data/images.py), answered as a PNG.
+enters (/info, /propose_mask, /synthesize_batch; /synthesize_dicom: a DICOM source's results as DICOM +
+SEG). Images a browser cannot decode (DICOM) are shown through /preview: the same decoding every request
+gets (models/data/images.py), answered as a PNG.
 """
 
 from __future__ import annotations

@@ -1,10 +1,18 @@
 // lesionsynth studio: open an image, paint a mask (or ask for a proposal), synthesize, download.
 // Plain JS, no dependencies, nothing loaded from elsewhere. Talks to this service's REST API:
-// /info, /preview (images the browser cannot decode, e.g. DICOM), /propose_mask, /synthesize_batch.
+// /info, /preview (images the browser cannot decode, e.g. DICOM), /propose_mask, /synthesize_batch,
+// /synthesize_dicom (a DICOM source's results as DICOM + SEG, fetched when a DICOM link is first clicked).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { bytes: null, width: 0, height: 0, sourceImage: null, mask: null, drawing: false, last: null };
+const state = {
+  bytes: null, width: 0, height: 0, sourceImage: null, mask: null, drawing: false, last: null, run: null,
+};
+
+// A DICOM Part 10 file: "DICM" at offset 128.
+function isDicom(bytes) {
+  return bytes.length > 132 && String.fromCharCode(...bytes.subarray(128, 132)) === "DICM";
+}
 
 function setStatus(text, error = false) {
   $("status").textContent = text;
@@ -68,6 +76,7 @@ async function openFile(file) {
       img = await loadImage("data:image/png;base64," + r.image);
     }
     state.bytes = bytes;
+    state.run = null;
     state.sourceImage = img;
     state.width = img.naturalWidth;
     state.height = img.naturalHeight;
@@ -200,7 +209,10 @@ async function run() {
     const results = await api("/synthesize_batch", { items: items });
     $("results").textContent = "";
     if (mask === null && results.length && results[0].mask) await showMask(results[0].mask);
-    results.forEach((r) => addResult(r));
+    // A DICOM source: each result also downloads as DICOM (+ its mask as SEG), made from these items.
+    const thisRun = isDicom(state.bytes) ? { items: items, results: results, dicom: null } : null;
+    state.run = thisRun;
+    results.forEach((r, i) => addResult(r, thisRun, i));
     setStatus(results.length + " synthetic image(s), model " + results[0].model_version);
   } catch (e) {
     setStatus(e.message, true);
@@ -209,7 +221,7 @@ async function run() {
   }
 }
 
-function addResult(r) {
+function addResult(r, dicomRun, index) {
   const box = document.createElement("div");
   box.className = "result";
   const img = document.createElement("img");
@@ -223,7 +235,53 @@ function addResult(r) {
   link.textContent = "download PNG";
   link.dataset.seed = r.seed;
   box.append(img, document.createTextNode("seed " + r.seed + " "), link);
+  if (dicomRun) {
+    for (const kind of ["dicom", "seg"]) {
+      const a = document.createElement("a");
+      a.className = "download-" + kind;
+      a.href = "#";
+      a.download = "synthetic_seed" + r.seed + (kind === "seg" ? ".seg.dcm" : ".dcm");
+      a.textContent = kind === "seg" ? "SEG" : "download DICOM";
+      a.dataset.seed = r.seed;
+      a.dataset.index = index;
+      a.addEventListener("click", (e) => downloadDicom(e, dicomRun));
+      box.append(document.createElement("br"), a);
+    }
+  }
   $("results").append(box);
+}
+
+// The first DICOM link clicked fetches every result of its run as DICOM in one /synthesize_dicom request:
+// the same items (each result's seed, steps, strength, and its mask: the painted one or its proposal) in
+// the same order, so the same UNet batches and the same pixels as the PNGs. Later clicks download the
+// data URL the link then holds.
+async function downloadDicom(event, dicomRun) {
+  const link = event.currentTarget;
+  if (link.dataset.ready) return;
+  event.preventDefault();
+  if (!dicomRun.dicom) {
+    const items = dicomRun.items.map((item, i) => {
+      const r = dicomRun.results[i];
+      return { image: item.image, mask: item.mask || r.mask, seed: r.seed, steps: r.steps, strength: r.strength };
+    });
+    setStatus("writing the results as DICOM ...");
+    dicomRun.dicom = api("/synthesize_dicom", { items: items });
+  }
+  let out;
+  try {
+    out = await dicomRun.dicom;
+  } catch (e) {
+    dicomRun.dicom = null;
+    return setStatus(e.message, true);
+  }
+  if (state.run !== dicomRun) return; // a newer run or image replaced these results
+  for (const a of document.querySelectorAll("#results a.download-dicom, #results a.download-seg")) {
+    const r = out[Number(a.dataset.index)];
+    a.href = "data:application/dicom;base64," + (a.className === "download-seg" ? r.seg : r.dicom);
+    a.dataset.ready = "1";
+  }
+  setStatus(out.length + " synthetic DICOM image(s), each a new series in the source's study");
+  link.click();
 }
 
 // ---- wiring -------------------------------------------------------------------------------------
