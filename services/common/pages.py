@@ -17,9 +17,14 @@ CSP = (
 )
 
 
+#: What every page loads first (services/common/static/page.js: $, the status line, the API call).
+SHARED = {"/static/page.js": Path(__file__).parent / "static" / "page.js"}
+
+
 def static_pages(folder: Path, routes: dict[str, str]) -> dict[str, Path]:
-    """{URL path: file in ``folder``}; every file must exist (a packaging mistake fails at import)."""
-    pages = {url: folder / name for url, name in routes.items()}
+    """{URL path: file in ``folder``} plus :data:`SHARED`; every file must exist (a packaging mistake
+    fails at import)."""
+    pages = {**SHARED, **{url: folder / name for url, name in routes.items()}}
     missing = [str(p) for p in pages.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"page files missing from the package: {', '.join(missing)}")

@@ -4,7 +4,6 @@
 // /synthesize_dicom (a DICOM source's results as DICOM + SEG, fetched when a DICOM link is first clicked).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const state = {
   bytes: null, width: 0, height: 0, sourceImage: null, mask: null, drawing: false, last: null, run: null,
 };
@@ -14,30 +13,7 @@ function isDicom(bytes) {
   return bytes.length > 132 && String.fromCharCode(...bytes.subarray(128, 132)) === "DICM";
 }
 
-function setStatus(text, error = false) {
-  $("status").textContent = text;
-  $("status").className = error ? "error" : "";
-}
-
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const token = $("token").value.trim();
-  if (token) h.Authorization = "Bearer " + token;
-  return h;
-}
-
-async function api(path, body) {
-  const r = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body || {}) });
-  if (!r.ok) {
-    let message = r.status + " " + r.statusText;
-    try {
-      const p = await r.json();
-      message = r.status + ": " + (p.detail || p.title || message);
-    } catch (e) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return r.json();
-}
+// $, setStatus, headers and api: /static/page.js (shared with the review page).
 
 function toBase64(bytes) {
   let s = "";
@@ -340,7 +316,7 @@ async function loadInfo() {
     if (!$("steps").dataset.edited) $("steps").value = info.default_steps;
     if (!$("strength").dataset.edited) $("strength").value = info.default_strength;
   } catch (e) {
-    setStatus(e.message + (e.message.startsWith("401") ? ": enter the bearer token" : ""), true);
+    setStatus(e.message, true);
   }
 }
 

@@ -3,34 +3,9 @@
 // REST API: /list_jobs, /review_items, /set_review, /review_image (images fetched with the token).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const state = { dataset: "", items: [], current: 0 };
 
-function setStatus(text, error = false) {
-  $("status").textContent = text;
-  $("status").className = error ? "error" : "";
-}
-
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const token = $("token").value.trim();
-  if (token) h.Authorization = "Bearer " + token;
-  return h;
-}
-
-async function api(path, body, asBlob = false) {
-  const r = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body || {}) });
-  if (!r.ok) {
-    let message = r.status + " " + r.statusText;
-    try {
-      const p = await r.json();
-      message = r.status + ": " + (p.detail || p.title || message);
-    } catch (e) { /* not JSON */ }
-    if (r.status === 401) message += ": enter the bearer token";
-    throw new Error(message);
-  }
-  return asBlob ? r.blob() : r.json();
-}
+// $, setStatus, headers and api: /static/page.js (shared with the studio).
 
 // ---- jobs ---------------------------------------------------------------------------------------
 
