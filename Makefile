@@ -77,6 +77,13 @@ bench: setup
 bench-services: setup
 	$(PY) -m loadtests.benchmarks.services
 
+# Issue 14: the training paths on a CUDA GPU (AMP synthesizer run, UNet crops/s at batch 64, ResNet-50
+# images/s, DDP with NCCL) vs the committed CPU figures -> docs/benchmarks/gpu.json|md; <= 8 min. On a
+# machine without a GPU it says so and measures nothing (exit 0). Offline wheels: see the script's docstring.
+.PHONY: gpu-check
+gpu-check:
+	$(PY) -m loadtests.benchmarks.gpu_check
+
 # Issue 6, the long runs (CI runs short versions inside `make test`). Each uses the services of
 # `make serve` when they answer on the default ports, else starts them, and writes its figures to docs/.
 .PHONY: rehearse-images
