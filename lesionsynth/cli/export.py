@@ -51,14 +51,43 @@ def export_serving_cmd(
     store: Annotated[
         Path | None, typer.Option(help="Also publish it into this model store (kind classifier-onnx).")
     ] = None,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Also write model.int8.onnx (static QDQ quantisation) + its Triton model."
+        ),
+    ] = False,
+    calibration_manifest: Annotated[
+        Path | None,
+        typer.Option(help="With --int8: manifest whose train rows (only) calibrate the INT8 graph."),
+    ] = None,
+    calibration_rows: Annotated[int, typer.Option(help="With --int8: at most this many train rows.")] = 256,
 ) -> None:
     """Write the classifier service's serving folder (ONNX + a Triton repository of the same graph)."""
     from models.export.serving import export_serving_folder
 
-    card = export_serving_folder(model, out, instance_kind=instance_kind)
+    card = export_serving_folder(
+        model,
+        out,
+        instance_kind=instance_kind,
+        int8=int8,
+        calibration_manifest=calibration_manifest,
+        calibration_rows=calibration_rows,
+    )
     typer.echo(f"wrote {out} (version {card['model_version']})")
+    if "int8" in card:
+        calibration = card["int8"]["calibration"]
+        typer.echo(f"wrote {out / card['int8']['file']} (calibrated on {calibration['rows']} train rows)")
     if store is not None:
         from models.store import ModelStore
 
         stored = ModelStore(store).publish("classifier-onnx", out)
+        if "int8" in card and not (stored.path / card["int8"]["file"]).is_file():
+            from models.errors import ConfigError
+
+            # The version is model.onnx's: the store already held this version without the INT8 graph.
+            raise ConfigError(
+                f"classifier-onnx {stored.version} was already in the store without {card['int8']['file']}; "
+                "the INT8 graph was not published (remove that version from the store, then publish again)"
+            )
         typer.echo(f"published classifier-onnx {stored.version} to {stored.path}")
