@@ -77,6 +77,15 @@ class ProposalTask:
     roi: np.ndarray | None
 
 
+def _seed_and_sizes(seed: int | None, limits: CommonSettings) -> tuple[int, dict]:
+    """A request's seed (drawn when unset, else checked) and the decode limits for its images: what a
+    synthesis and a proposal request share."""
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    check_seed(seed)
+    return seed, {"max_pixels": limits.max_pixels, "min_side": limits.min_image_side}
+
+
 def parse_task(
     image: bytes,
     mask: bytes,
@@ -91,10 +100,7 @@ def parse_task(
     if not image:
         raise ParameterError(f"{prefix}image is missing (empty)")
     settings = DEFAULTS.with_overrides(steps=steps, strength=strength)
-    if seed is None:
-        seed = secrets.randbelow(MAX_SEED + 1)
-    check_seed(seed)
-    sizes = {"max_pixels": limits.max_pixels, "min_side": limits.min_image_side}
+    seed, sizes = _seed_and_sizes(seed, limits)
     img = decode_image(image, **sizes, role=f"{prefix}image")
     hashes = (sha256_bytes(image), sha256_bytes(mask) if mask else "")
     if not mask:  # no mask: a proposal (SynthesisHandler.run)
@@ -157,10 +163,7 @@ def parse_proposal(
     """Decode and check a propose_mask request."""
     if not image:
         raise ParameterError("image is missing (empty)")
-    if seed is None:
-        seed = secrets.randbelow(MAX_SEED + 1)
-    check_seed(seed)
-    sizes = {"max_pixels": limits.max_pixels, "min_side": limits.min_image_side}
+    seed, sizes = _seed_and_sizes(seed, limits)
     img = decode_image(image, **sizes, role="image")
     roi = None
     if roi_mask:
