@@ -143,36 +143,36 @@ def check_value(p: Param, value: Any, label: str) -> Any:
     kind = p.kind
     if kind == "choice":
         if isinstance(value, bool) or value not in p.choices:
-            raise ParameterError(f"{label} must be {p.describe()}, got {_shown(value)}")
+            raise ParameterError(f"{label} must be {p.describe()}, got {shown(value)}")
         return value
     if kind == "boolean":
         if not isinstance(value, bool):
-            raise ParameterError(f"{label} must be true or false, got {_shown(value)}")
+            raise ParameterError(f"{label} must be true or false, got {shown(value)}")
         return value
     if kind in ("integer", "seed"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParameterError(f"{label} must be an integer, got {_shown(value)}")
+            raise ParameterError(f"{label} must be an integer, got {shown(value)}")
         lo, hi = (0, MAX_SEED) if kind == "seed" else (p.lo, p.hi)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ParameterError(f"{label} must be in {p.describe()}, got {value}")
         return value
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ParameterError(f"{label} must be a number, got {_shown(value)}")
+            raise ParameterError(f"{label} must be a number, got {shown(value)}")
         below = value <= p.lo if p.lo_open else value < p.lo
         if (p.lo is not None and below) or (p.hi is not None and value > p.hi):
             raise ParameterError(f"{label} must be in {p.describe()}, got {value}")
         return float(value)
     if kind in ("path", "model"):
         if not isinstance(value, str | Path) or not str(value) or "\x00" in str(value):
-            raise ParameterError(f"{label} must be a path, got {_shown(value)}")
+            raise ParameterError(f"{label} must be a path, got {shown(value)}")
         return value
     if not isinstance(value, str) or not value or len(value) > 200 or any(ord(c) < 32 for c in value):
-        raise ParameterError(f"{label} must be a short text, got {_shown(value)}")
+        raise ParameterError(f"{label} must be a short text, got {shown(value)}")
     if kind == "device" and not _DEVICE.fullmatch(value):
-        raise ParameterError(f"{label} must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {_shown(value)}")
+        raise ParameterError(f"{label} must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {shown(value)}")
     if kind == "label" and ("," in value or '"' in value):
-        raise ParameterError(f"{label} must be a label (no commas or quotes), got {_shown(value)}")
+        raise ParameterError(f"{label} must be a label (no commas or quotes), got {shown(value)}")
     return value
 
 
@@ -243,6 +243,7 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """``value`` as an error message shows it: its repr, cut at 60 characters."""
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."

@@ -17,7 +17,8 @@ from typing import Any
 
 from models.errors import ParameterError
 from models.jobs.base import JobRoots
-from models.spec import MAX_SEED, REQUIRED, Param, check_value, params_of
+from models.spec import REQUIRED, Param, check_value, params_of
+from models.spec import shown as _shown
 
 _REQUIRED = object()
 
@@ -80,46 +81,13 @@ def _spec_check(param: Param) -> Check:
 
 
 def integer(lo: int, hi: int, default: Any = _REQUIRED) -> Field:
-    def check(label: str, value: Any, roots: JobRoots) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParameterError(f"{label} must be an integer, got {_shown(value)}")
-        if not lo <= value <= hi:
-            raise ParameterError(f"{label} must be in [{lo}, {hi}], got {value}")
-        return value
-
-    return Field(check, default)
-
-
-def number(lo: float, hi: float, default: Any = _REQUIRED, lo_open: bool = False) -> Field:
-    def check(label: str, value: Any, roots: JobRoots) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ParameterError(f"{label} must be a number, got {_shown(value)}")
-        ok = (lo < value if lo_open else lo <= value) and value <= hi
-        if not ok:
-            raise ParameterError(f"{label} must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
-        return float(value)
-
-    return Field(check, default)
-
-
-def boolean(default: Any = _REQUIRED) -> Field:
-    def check(label: str, value: Any, roots: JobRoots) -> bool:
-        if not isinstance(value, bool):
-            raise ParameterError(f"{label} must be true or false, got {_shown(value)}")
-        return value
-
-    return Field(check, default)
+    """A job-only integer field (a recipe's fields come from its declarations: :func:`fields_of`)."""
+    return Field(_spec_check(Param("integer", "", lo, hi)), default)
 
 
 def choice(options: Sequence[Any], default: Any = _REQUIRED) -> Field:
-    def check(label: str, value: Any, roots: JobRoots) -> Any:
-        if isinstance(value, bool) or value not in options:
-            raise ParameterError(
-                f"{label} must be one of {', '.join(map(str, options))}, got {_shown(value)}"
-            )
-        return value
-
-    return Field(check, default)
+    """A job-only choice field, checked like a recipe's."""
+    return Field(_spec_check(Param("choice", "", choices=tuple(options))), default)
 
 
 def text(
@@ -133,19 +101,6 @@ def text(
         return value
 
     return Field(check, default)
-
-
-def label(default: Any = _REQUIRED) -> Field:
-    """A class label as it appears in a manifest's ``label`` column."""
-    return text(r"[^\x00-\x1f,\"]{1,100}", default, what="a label (1-100 characters, no commas or quotes)")
-
-
-def seed(default: int = 0) -> Field:
-    return integer(0, MAX_SEED, default)
-
-
-def device(default: Any = None) -> Field:
-    return text(r"cpu|cuda(:\d{1,2})?|mps", default, what="'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 # -- paths ------------------------------------------------------------------------------------------
@@ -201,8 +156,3 @@ def output_inside(label: str, path: Path, roots: JobRoots) -> Path:
     if not resolved.is_relative_to(roots.output_root):
         raise ParameterError(f"{label}: {path} is outside the output root ({roots.output_root})")
     return resolved
-
-
-def _shown(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
