@@ -36,7 +36,7 @@ from models.audit import LOCAL, AuditEntry, AuditLog, open_audit_log
 from models.balance_settings import BalanceSettings
 from models.data.images import encode_png
 from models.data.manifest import Manifest, Row, load_manifest
-from models.diffusion.inpaint import DEFAULTS, LesionInpainter, check_seed
+from models.diffusion.inpaint import LesionInpainter
 from models.errors import ConfigError
 from models.masks.sources import chooser_for
 from models.progress import tqdm
@@ -275,10 +275,7 @@ def balance_dataset(
     ``inpainter``: anything with ``model_version`` and ``inpaint_batch`` (e.g. the synthesis service's
     ``services.client.remote_inpainter.RemoteInpainter``); default: ``s.model`` loaded in this process.
     """
-    DEFAULTS.with_overrides(  # each setting was checked when ``s`` was built; together here
-        steps=s.steps, strength=s.strength, eta=s.eta, resample=s.resample, guidance=s.guidance
-    )
-    check_seed(s.seed)
+    # The sampler settings and the seed were checked when ``s`` was built (BalanceSettings.__post_init__).
     manifest = load_manifest(s.manifest, progress=s.progress)
     manifest.require_label(s.normal_label)
     if inpainter is None:
