@@ -77,6 +77,19 @@ bench: setup
 bench-services: setup
 	$(PY) -m loadtests.benchmarks.services
 
+# Issue 14: INT8 vs FP32 screening (AUC on the ISIC 2017 test split, images/s raw and through the service)
+# -> docs/benchmarks/int8.json|md. Needs the ISIC 2017 donor experiment's manifest (its data stage:
+# `lesionsynth experiment --config experiments/isic2017-donor.yaml`); trains the ResNet-50 it measures
+# (128 px, the manifest's train rows, ~15 min on 2 cores) when missing. ~10 min more.
+INT8_MANIFEST ?= $(RUNS)/experiments/isic2017-donor/data/manifest.csv
+INT8_CLASSIFIER ?= $(RUNS)/int8/resnet50-128
+.PHONY: bench-int8
+bench-int8: setup
+	test -f $(INT8_CLASSIFIER)/model_card.json || $(CLI) train-classifier --manifest $(INT8_MANIFEST) \
+	    --positive-label lesion --out $(INT8_CLASSIFIER) --arch resnet50 --image-size 128 --epochs 14 \
+	    --patience 5 --seed 0 --resume --no-progress
+	$(PY) -m loadtests.benchmarks.int8 --classifier $(INT8_CLASSIFIER) --manifest $(INT8_MANIFEST)
+
 # Issue 14: the training paths on a CUDA GPU (AMP synthesizer run, UNet crops/s at batch 64, ResNet-50
 # images/s, DDP with NCCL) vs the committed CPU figures -> docs/benchmarks/gpu.json|md; <= 8 min. On a
 # machine without a GPU it says so and measures nothing (exit 0). Offline wheels: see the script's docstring.
