@@ -16,6 +16,14 @@ and renames it into place in one step, so ``<root>/<kind>/<version>/`` is either
 version is the card's ``model_version`` (a prefix of the weights' sha256): training is deterministic, so
 the same bytes published twice are one version.
 
+A version is never rewritten, with one exception: a ``classifier-onnx`` version is model.onnx's (the FP32
+weights), and the INT8 graph (``export-serving --int8``: model.int8.onnx, its Triton model and the card's
+``int8`` entry) is a derived artifact of that same version. Publishing a folder with the INT8 graph over a
+stored version that lacks it adds it (:meth:`ModelStore._add_int8`): the new files are staged and verified,
+renamed in, and the card (which lists them) is replaced last by a rename, so a crash leaves the version
+without INT8 or with all of it. Added once, never replaced: a stored version that already has a different
+INT8 graph is refused.
+
 The store checks integrity when it publishes; loading verifies again (the loaders check every sha256), so
 :meth:`ModelStore.resolve` only finds folders and stays cheap enough to call on every reload.
 """
@@ -47,6 +55,8 @@ CARD_KINDS = {
 LATEST = "LATEST"
 STAGING = ".staging"
 LOCK = ".publish.lock"
+#: flock held exclusively while an INT8 graph is added to a stored version (rare; one at a time).
+INT8_LOCK = ".int8.lock"
 #: A version is a lowercase hex digest prefix; a reference needs at least 6 digits to be unambiguous enough.
 _VERSION = re.compile(r"^[0-9a-f]{6,64}$")
 _SHOWN_VERSIONS = 10
@@ -106,6 +116,18 @@ def _verify(folder: Path, card: dict) -> str | None:
     return None
 
 
+def _int8_files(folder: Path, card: dict) -> list[str]:
+    """The files of a classifier-onnx card's INT8 graph: the graph and its Triton model's folder."""
+    entry = card["int8"]
+    graph, triton = entry.get("file"), entry.get("triton_model_name")
+    names = [n for n in card["files"] if n == graph or (triton and n.startswith(f"triton/{triton}/"))]
+    if graph not in card["files"] or entry.get("sha256") != card["files"][graph]:
+        raise ModelFolderError(f"{folder}: {CARD_NAME}'s int8 entry does not match its file list")
+    if any(len(PurePosixPath(n).parts) != 1 and not n.startswith("triton/") for n in names):
+        raise ModelFolderError(f"{folder}: {CARD_NAME} lists an INT8 file outside triton/")
+    return sorted(names)
+
+
 def _fsync(path: Path) -> None:
     """fsync a file or a folder (a folder's entries are durable only once the folder itself is synced)."""
     fd = os.open(path, os.O_RDONLY)
@@ -160,7 +182,9 @@ class ModelStore:
 
     def _publish_locked(self, kind: str, folder: Path, card: dict, target: Path) -> None:
         if target.is_dir() and self._intact(target, kind):
-            return  # the same bytes were published before: one version
+            # The same bytes were published before: one version (plus an INT8 graph it may lack).
+            self._add_int8(kind, folder, card, target)
+            return
         staging_root = self.root / STAGING
         staging = staging_root / uuid.uuid4().hex
         staging.mkdir()
@@ -184,9 +208,86 @@ class ModelStore:
                 # Another process published the same version first; theirs is as good as ours.
                 if not (target.is_dir() and self._intact(target, kind)):
                     raise
+                self._add_int8(kind, folder, card, target)
             _fsync(target.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _add_int8(self, kind: str, folder: Path, card: dict, target: Path) -> None:
+        """Add ``folder``'s INT8 graph to the stored version ``target`` if it lacks one (see the docstring).
+
+        Nothing to do when ``card`` has no ``int8`` entry or the stored one is the same graph; a different
+        stored INT8 graph is refused (ModelFolderError). Atomic: files staged + verified, renamed into the
+        version (unlisted until the card names them), then the card replaced by a rename.
+        """
+        entry = card.get("int8")
+        if kind != "classifier-onnx" or not isinstance(entry, dict):
+            return
+        lock_fd = os.open(self.root / INT8_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            stored = _read_card(target, kind)  # read under the lock: another publish may have added it
+            names = _int8_files(folder, card)
+            theirs = stored.get("int8")
+            version = stored["model_version"]
+            if isinstance(theirs, dict):
+                if theirs.get("sha256") == entry.get("sha256"):
+                    return
+                raise ModelFolderError(
+                    f"cannot publish {folder}: classifier-onnx {version} in the model store {self.root} "
+                    f"already has a different INT8 graph (sha256 {str(theirs.get('sha256'))[:12]}, this one "
+                    f"{str(entry.get('sha256'))[:12]}); an INT8 graph is added to a version once and never "
+                    "replaced: serve the stored one, or publish under a new version"
+                )
+            fp32 = stored["files"].get("model.onnx")
+            if fp32 is None or card["files"].get("model.onnx") != fp32 or entry.get("fp32_sha256") != fp32:
+                raise ModelFolderError(
+                    f"cannot publish {folder}: its INT8 graph was not quantised from classifier-onnx "
+                    f"{version}'s model.onnx"
+                )
+            clash = sorted(n for n in names if n in stored["files"])
+            if clash:
+                raise ModelFolderError(
+                    f"cannot publish {folder}: classifier-onnx {version} already lists {', '.join(clash)}"
+                )
+            added = {"files": {n: card["files"][n] for n in names}}
+            staging = self.root / STAGING / uuid.uuid4().hex
+            staging.mkdir()
+            try:
+                self._copy_model(folder, added, staging)
+                problem = _verify(staging, added)
+                if problem:
+                    raise ModelFolderError(
+                        f"cannot publish {folder}: {problem} (the folder is corrupted or still being written)"
+                    )
+                new_card = {**stored, "int8": entry, "files": {**stored["files"], **added["files"]}}
+                staged_card = staging / f"{CARD_NAME}.new"
+                staged_card.write_text(json.dumps(new_card, indent=2, sort_keys=True) + "\n")
+                old = (target / CARD_NAME).stat()
+                os.utime(staged_card, ns=(old.st_atime_ns, old.st_mtime_ns))  # the version's publish time
+                _fsync(staged_card)
+                _fsync(staging)
+                # Top-level entries (model.int8.onnx, triton/<name>_int8/): unlisted by the stored card until
+                # it is replaced, so a crash here leaves the version as it was (plus unread leftovers, which
+                # the next try replaces).
+                for top in sorted({PurePosixPath(n).parts[0] for n in names} - {"triton"}):
+                    os.replace(staging / top, target / top)
+                for sub in sorted(
+                    {"/".join(PurePosixPath(n).parts[:2]) for n in names if n.startswith("triton/")}
+                ):
+                    dest = target / sub
+                    dest.parent.mkdir(exist_ok=True)
+                    if dest.exists():
+                        shutil.rmtree(dest)
+                    os.rename(staging / sub, dest)
+                    _fsync(dest.parent)
+                _fsync(target)
+                os.rename(staged_card, target / CARD_NAME)  # the commit: the card now lists the INT8 files
+                _fsync(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(lock_fd)
 
     def _copy_model(self, folder: Path, card: dict, staging: Path) -> None:
         """Copy the card and the files it lists (not checkpoints/, snapshots/ or anything else)."""

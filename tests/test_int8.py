@@ -25,18 +25,23 @@ MAX_ABS_DIFF = 0.02
 CALIBRATION_ROWS = 64  # more than the demo's train rows: all of them
 
 
-@pytest.fixture(scope="module")
-def int8_folder(tmp_path_factory, tiny_classifier, demo_manifest):
+def export_int8(out, tiny_classifier, demo_manifest, rows: int = CALIBRATION_ROWS):
+    """`lesionsynth export-serving --int8` of the tiny classifier into ``out`` (also used by
+    tests/test_classifier_precision.py)."""
     from typer.testing import CliRunner
 
     from lesionsynth.cli import app
 
-    out = tmp_path_factory.mktemp("int8") / "serving"
     args = ["export-serving", "--model", str(tiny_classifier), "--out", str(out), "--instance-kind", "cpu"]
     args += ["--int8", "--calibration-manifest", str(demo_manifest)]
-    result = CliRunner().invoke(app, [*args, "--calibration-rows", str(CALIBRATION_ROWS)])
+    result = CliRunner().invoke(app, [*args, "--calibration-rows", str(rows)])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tmp_path_factory, tiny_classifier, demo_manifest):
+    return export_int8(tmp_path_factory.mktemp("int8") / "serving", tiny_classifier, demo_manifest)
 
 
 def test_int8_graph_gives_fp32_decisions_on_val_and_test(int8_folder, demo_manifest):
@@ -133,22 +138,26 @@ def test_int8_calibration_refuses_bad_inputs(tmp_path, tiny_classifier, demo_man
         calibration_rows(unsplit, 4)
 
 
-def test_publishing_int8_over_the_same_fp32_version_is_refused_not_silent(
+def test_publishing_int8_over_the_same_fp32_version_adds_the_int8_graph(
     tmp_path, serving_classifier, tiny_classifier, demo_manifest
 ):
     from typer.testing import CliRunner
 
     from lesionsynth.cli import app
     from models.export.serving import read_card
+    from models.model_card import verify_files
     from models.store import ModelStore
 
-    store = tmp_path / "store"
-    ModelStore(store).publish("classifier-onnx", serving_classifier)
+    store = ModelStore(tmp_path / "store")
+    store.publish("classifier-onnx", serving_classifier)
     out = tmp_path / "serving"
     args = ["export-serving", "--model", str(tiny_classifier), "--out", str(out), "--instance-kind", "cpu"]
     args += ["--int8", "--calibration-manifest", str(demo_manifest), "--calibration-rows", "4"]
-    result = CliRunner().invoke(app, [*args, "--store", str(store)])
-    if read_card(out)["model_version"] != read_card(serving_classifier)["model_version"]:
-        assert result.exit_code == 0, result.output  # a new version: published with its INT8 graph
-        return
-    assert result.exit_code != 0 and "INT8 graph was not published" in result.output
+    result = CliRunner().invoke(app, [*args, "--store", str(store.root)])
+    assert result.exit_code == 0, result.output
+    # A new version is published with its INT8 graph; the same version (export is deterministic) gets the
+    # INT8 graph added (models/store.py; the refusals: tests/test_classifier_precision.py).
+    stored = store.resolve("classifier-onnx", read_card(out)["model_version"])
+    card = read_card(stored.path)
+    verify_files(stored.path, card)
+    assert card["int8"]["sha256"] == read_card(out)["int8"]["sha256"]

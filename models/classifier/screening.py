@@ -9,6 +9,11 @@ card's mean and std, NCHW float32. The backend returns P(positive) per image; th
 
 Backends share one small interface (``infer``, ``ready``, ``close``):
 ``OnnxRuntimeBackend`` (embedded; the default) and ``models.classifier.triton_backend.TritonBackend``.
+
+Precision: a serving folder holds the FP32 graph (model.onnx) and, when exported with ``--int8``, an INT8
+graph (model.int8.onnx, card entry ``int8``). :func:`serving_graph` names the file of a precision (and
+refuses one the folder lacks), :func:`triton_model_name` its Triton model; ``ScreeningModel`` checks the
+card's sha256 of every file, the chosen graph included, and reports the graph's sha256.
 """
 
 from __future__ import annotations
@@ -25,8 +30,60 @@ import numpy as np
 from PIL import Image
 
 from models.errors import ModelFolderError
-from models.export.serving import GRAPH, GRAPH_CARD, read_card
+from models.export.serving import GRAPH, GRAPH_CARD, INT8_GRAPH, read_card
 from models.model_card import verify_files
+
+#: The graphs a serving folder may hold: fp32 (model.onnx, always) and int8 (model.int8.onnx, optional).
+PRECISIONS = ("fp32", "int8")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def serving_graph(folder: str | Path, precision: str = "fp32", card: dict | None = None) -> tuple[Path, str]:
+    """(path, card sha256) of ``folder``'s graph of ``precision``.
+
+    ModelFolderError, naming the folder's model version and the command that adds it, when ``int8`` is
+    asked of a folder exported without the INT8 graph (or whose card does not list it). The file's bytes
+    are checked against the sha256 by ``ScreeningModel`` (``verify_files``), like every file of the card.
+    """
+    _check_precision(precision)
+    folder = Path(folder)
+    card = read_card(folder) if card is None else card
+    files = card.get("files", {})
+    if precision == "fp32":
+        name = GRAPH
+    else:
+        entry = card.get("int8")
+        name = entry.get("file", INT8_GRAPH) if isinstance(entry, dict) else INT8_GRAPH
+        if not isinstance(entry, dict) or name not in files:
+            raise ModelFolderError(
+                f"{folder} (classifier-onnx {card.get('model_version', '?')}) has no INT8 graph "
+                f"({INT8_GRAPH}) but INT8 precision was asked for: run `lesionsynth export-serving "
+                "--int8 --calibration-manifest MANIFEST ...` to add it, or serve fp32"
+            )
+        if entry.get("sha256") != files[name]:
+            raise ModelFolderError(
+                f"{folder}: the card's int8 entry and its file list disagree on {name}'s sha256; "
+                "refusing to load"
+            )
+    if name not in files:
+        raise ModelFolderError(f"{folder}: the model card does not list {name}")
+    return folder / name, files[name]
+
+
+def triton_model_name(card: dict, precision: str = "fp32") -> str:
+    """The Triton model serving ``precision``'s graph (export-serving writes ``<name>`` and ``<name>_int8``)."""
+    _check_precision(precision)
+    name = str(card.get("triton_model_name", "lesion_classifier"))
+    if precision == "int8":
+        entry = card.get("int8")
+        return (
+            str(entry.get("triton_model_name", f"{name}_int8")) if isinstance(entry, dict) else f"{name}_int8"
+        )
+    return name
 
 
 class InferenceBackend(Protocol):
@@ -108,12 +165,24 @@ class Screening:
 
 
 class ScreeningModel:
-    """A serving folder (models/export/serving.py) + a backend: images -> probabilities and decisions."""
+    """A serving folder (models/export/serving.py) + a backend: images -> probabilities and decisions.
 
-    def __init__(self, folder: str | Path, backend: InferenceBackend, verify: bool = True):
+    ``precision`` says which of the folder's graphs the backend scores with (``fp32`` or ``int8``); a
+    folder without the INT8 graph refuses ``int8`` (:func:`serving_graph`).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        backend: InferenceBackend,
+        verify: bool = True,
+        precision: str = "fp32",
+    ):
         folder = Path(folder)
         self.folder = folder
         self.card = read_card(folder)
+        self.precision = precision
+        self._graph, self.graph_sha256 = serving_graph(folder, precision, self.card)
         if verify:
             verify_files(folder, self.card)
         graph_card = json.loads((folder / GRAPH_CARD).read_text())
@@ -131,7 +200,8 @@ class ScreeningModel:
 
     @property
     def graph_path(self) -> Path:
-        return self.folder / GRAPH
+        """The graph of this model's precision (model.onnx or model.int8.onnx)."""
+        return self._graph
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N,) float32 P(positive) for RGB uint8 images."""

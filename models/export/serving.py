@@ -9,7 +9,9 @@
 
 One folder serves both backends, so embedded ONNX Runtime and Triton score with the same bytes. The model
 version is the first 12 hex digits of model.onnx's sha256; ``source_model_version`` names the trained
-classifier it came from.
+classifier it came from. The INT8 graph is an addition to that version, not a new one: the classifier service
+serves it with LESIONSYNTH_CLASSIFIER_PRECISION=int8 (``models.classifier.screening.serving_graph``), and
+the model store adds it to a stored version that lacks it (``models.store``).
 """
 
 from __future__ import annotations

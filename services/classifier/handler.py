@@ -1,7 +1,8 @@
 """What the REST and gRPC adapters of the classifier service share: decode, score, decide, count.
 
 The ML is ``models.classifier.screening.ScreeningModel`` over a backend: embedded ONNX Runtime by
-default, Triton when TRITON_URL is set. With Triton down, calls fail with BackendUnavailable (503 /
+default, Triton when TRITON_URL is set; LESIONSYNTH_CLASSIFIER_PRECISION picks the folder's FP32 or INT8
+graph for either (and for the fallback). With Triton down, calls fail with BackendUnavailable (503 /
 UNAVAILABLE) unless LESIONSYNTH_FALLBACK_TO_ONNXRUNTIME is on; the next call tries Triton again.
 """
 
@@ -14,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models.classifier.screening import OnnxRuntimeBackend, ScreeningModel
+from models.classifier.screening import (
+    OnnxRuntimeBackend,
+    ScreeningModel,
+    serving_graph,
+    triton_model_name,
+)
 from models.data.images import decode_image
 from models.errors import BackendUnavailable, ParameterError
 from services.classifier import metrics
@@ -53,21 +59,28 @@ class ClassifierHandler:
             settings.model_store,
             load=self._load,
             version_of=lambda model: model.model_version,
-            on_swap=lambda model: set_model("classifier", model.model_version),
+            on_swap=self._on_swap,
         )
         self.slot.watch(settings.reload_interval_s)
 
     def _load(self, folder: Path) -> ScreeningModel:
         s = self.settings
+        # Refuses a precision the folder lacks (ModelFolderError naming its version) before any backend.
+        graph, _ = serving_graph(folder, s.precision)
         if s.triton_url:
             from models.classifier.triton_backend import TritonBackend
             from models.export.serving import read_card
 
-            name = s.triton_model or read_card(folder).get("triton_model_name", "lesion_classifier")
+            name = s.triton_model or triton_model_name(read_card(folder), s.precision)
             backend = TritonBackend(s.triton_url, name, timeout_s=s.triton_timeout_s)
         else:
-            backend = OnnxRuntimeBackend(folder / "model.onnx", threads=s.ort_threads)
-        return ScreeningModel(folder, backend)
+            backend = OnnxRuntimeBackend(graph, threads=s.ort_threads)
+        return ScreeningModel(folder, backend, precision=s.precision)
+
+    @staticmethod
+    def _on_swap(model: ScreeningModel) -> None:
+        set_model("classifier", model.model_version)
+        metrics.set_precision(model.precision)
 
     @property
     def model(self) -> ScreeningModel:
@@ -86,6 +99,8 @@ class ClassifierHandler:
             "threshold_rule": str(model.card.get("threshold_rule", "")),
             "image_size": model.size,
             "backend": model.backend.name,
+            "precision": model.precision,
+            "graph_sha256": model.graph_sha256,
             "max_pixels": common.max_pixels,
             "max_request_bytes": common.max_request_bytes,
             "max_batch_items": common.max_batch_items,
@@ -107,7 +122,10 @@ class ClassifierHandler:
             log.warning("Triton unavailable; answering from embedded ONNX Runtime (fallback on)")
             if self._fallback is None or self._fallback.model_version != model.model_version:
                 backend_ort = OnnxRuntimeBackend(model.graph_path, threads=self.settings.ort_threads)
-                self._fallback = ScreeningModel(model.folder, backend_ort, verify=False)
+                # model.graph_path is the served precision's graph: the fallback scores with the same one.
+                self._fallback = ScreeningModel(
+                    model.folder, backend_ort, verify=False, precision=model.precision
+                )
             probabilities = self._fallback.probabilities(images)
             backend = self._fallback.backend.name
         metrics.INFERENCE_SECONDS.labels(backend=backend).observe(time.perf_counter() - started)

@@ -30,3 +30,14 @@ IMAGES = bentoml.metrics.Counter(
     documentation="Images screened, by transport (rest, grpc).",
     labelnames=["transport"],
 )
+PRECISION = bentoml.metrics.Gauge(
+    name="lesionsynth_classifier_precision_info",
+    documentation="1 for the graph precision the classifier serves (fp32: model.onnx, int8: model.int8.onnx).",
+    labelnames=["precision"],
+)
+
+
+def set_precision(precision: str) -> None:
+    """Mark ``precision`` as served (the previous one's series is cleared on reload)."""
+    PRECISION.clear()
+    PRECISION.labels(precision=precision).set(1)

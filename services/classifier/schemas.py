@@ -66,6 +66,8 @@ class ClassifierInfo(BaseModel):
     threshold_rule: str
     image_size: int
     backend: str
+    precision: str = Field(description="The graph scoring: fp32 (model.onnx) or int8 (model.int8.onnx).")
+    graph_sha256: str = Field(description="sha256 of that graph file, as the model card lists it.")
     max_pixels: int
     max_request_bytes: int
     max_batch_items: int

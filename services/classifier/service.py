@@ -13,6 +13,7 @@ from typing import Annotated
 import bentoml
 from pydantic import Field
 
+from models.classifier.screening import serving_graph
 from services.classifier.schemas import Classification, ClassifierInfo, ClassifyItem
 from services.classifier.settings import ClassifierSettings
 from services.common.errors import rest_errors
@@ -21,8 +22,9 @@ from services.common.model_slot import preflight
 from services.common.settings import process_settings
 
 SETTINGS = process_settings(ClassifierSettings)
-# Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256.
-preflight("classifier-onnx", SETTINGS.model, SETTINGS.model_store)
+# Refuse to start (bentoml serve exits with the reason) when the model is missing or fails its sha256, or
+# lacks the graph of LESIONSYNTH_CLASSIFIER_PRECISION (int8 on a folder exported without --int8).
+serving_graph(preflight("classifier-onnx", SETTINGS.model, SETTINGS.model_store), SETTINGS.precision)
 Items = Annotated[list[ClassifyItem], Field(min_length=1, max_length=SETTINGS.common.max_batch_items)]
 
 
@@ -87,7 +89,8 @@ class ClassifierService:
 
     @bentoml.api
     def info(self) -> ClassifierInfo:
-        """Model version, positive label, threshold (and how it was chosen), input size, backend, limits."""
+        """Model version, positive label, threshold (and how it was chosen), input size, backend, precision
+        (fp32 | int8) and the graph's sha256, limits."""
         return ClassifierInfo(**self.handler.info())
 
     @bentoml.api

@@ -5,8 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from services.common.settings import CommonSettings, env_bool, env_float, env_int, env_str
+from models.classifier.screening import PRECISIONS
+from models.errors import ConfigError
+from services.common.settings import PREFIX, CommonSettings, env_bool, env_float, env_int, env_str
 from services.harness import SERVICES
+
+
+def env_precision() -> str:
+    raw = env_str("CLASSIFIER_PRECISION", "fp32")
+    if raw not in PRECISIONS:
+        raise ConfigError(f"{PREFIX}CLASSIFIER_PRECISION must be one of {', '.join(PRECISIONS)}, got {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -17,7 +26,10 @@ class ClassifierSettings:
     model_store: str
     #: Set: score on this Triton server (gRPC host:port) instead of embedded ONNX Runtime.
     triton_url: str | None
-    #: Model name on Triton; unset: the name in the serving folder's card.
+    #: Which graph of the serving folder scores: fp32 (model.onnx) or int8 (model.int8.onnx; on Triton the
+    #: card's ``<name>_int8`` model). The ONNX Runtime fallback uses the same one.
+    precision: str
+    #: Model name on Triton; unset: the name in the serving folder's card (for int8, its INT8 model).
     triton_model: str | None
     triton_timeout_s: float
     #: With Triton down: answer from embedded ONNX Runtime (True) or 503 / UNAVAILABLE (False, the default).
@@ -39,6 +51,7 @@ class ClassifierSettings:
             model_store=env_str("MODEL_STORE", "runs/model-store"),
             # TRITON_URL without the prefix too: it is what Triton users set.
             triton_url=env_str("TRITON_URL") or os.environ.get("TRITON_URL") or None,
+            precision=env_precision(),
             triton_model=env_str("TRITON_MODEL"),
             triton_timeout_s=env_float("TRITON_TIMEOUT_S", 10.0, minimum=0.1),
             fallback_to_onnxruntime=env_bool("FALLBACK_TO_ONNXRUNTIME", False),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flesionsynth/v1/classifier.proto\x12\x0elesionsynth.v1\" \n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"y\n\x0e\x43lassification\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x10\n\x08positive\x18\x02 \x01(\x08\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x16\n\x0epositive_label\x18\x05 \x01(\t\"F\n\x14\x43lassifyBatchRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.lesionsynth.v1.ClassifyRequest\"F\n\x15\x43lassifyBatchResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.lesionsynth.v1.Classification\"\x17\n\x15\x43lassifierInfoRequest\"\xd7\x01\n\x0e\x43lassifierInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x16\n\x0epositive_label\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x16\n\x0ethreshold_rule\x18\x04 \x01(\t\x12\x12\n\nimage_size\x18\x05 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x12\n\nmax_pixels\x18\x07 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x08 \x01(\x04\x12\x17\n\x0fmax_batch_items\x18\t \x01(\r2\x89\x02\n\nClassifier\x12K\n\x08\x43lassify\x12\x1f.lesionsynth.v1.ClassifyRequest\x1a\x1e.lesionsynth.v1.Classification\x12\\\n\rClassifyBatch\x12$.lesionsynth.v1.ClassifyBatchRequest\x1a%.lesionsynth.v1.ClassifyBatchResponse\x12P\n\x07GetInfo\x12%.lesionsynth.v1.ClassifierInfoRequest\x1a\x1e.lesionsynth.v1.ClassifierInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flesionsynth/v1/classifier.proto\x12\x0elesionsynth.v1\" \n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"y\n\x0e\x43lassification\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x10\n\x08positive\x18\x02 \x01(\x08\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x16\n\x0epositive_label\x18\x05 \x01(\t\"F\n\x14\x43lassifyBatchRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.lesionsynth.v1.ClassifyRequest\"F\n\x15\x43lassifyBatchResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.lesionsynth.v1.Classification\"\x17\n\x15\x43lassifierInfoRequest\"\x80\x02\n\x0e\x43lassifierInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x16\n\x0epositive_label\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x16\n\x0ethreshold_rule\x18\x04 \x01(\t\x12\x12\n\nimage_size\x18\x05 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x12\n\nmax_pixels\x18\x07 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x08 \x01(\x04\x12\x17\n\x0fmax_batch_items\x18\t \x01(\r\x12\x11\n\tprecision\x18\n \x01(\t\x12\x14\n\x0cgraph_sha256\x18\x0b \x01(\t2\x89\x02\n\nClassifier\x12K\n\x08\x43lassify\x12\x1f.lesionsynth.v1.ClassifyRequest\x1a\x1e.lesionsynth.v1.Classification\x12\\\n\rClassifyBatch\x12$.lesionsynth.v1.ClassifyBatchRequest\x1a%.lesionsynth.v1.ClassifyBatchResponse\x12P\n\x07GetInfo\x12%.lesionsynth.v1.ClassifierInfoRequest\x1a\x1e.lesionsynth.v1.ClassifierInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFIERINFOREQUEST']._serialized_start=352
   _globals['_CLASSIFIERINFOREQUEST']._serialized_end=375
   _globals['_CLASSIFIERINFO']._serialized_start=378
-  _globals['_CLASSIFIERINFO']._serialized_end=593
-  _globals['_CLASSIFIER']._serialized_start=596
-  _globals['_CLASSIFIER']._serialized_end=861
+  _globals['_CLASSIFIERINFO']._serialized_end=634
+  _globals['_CLASSIFIER']._serialized_start=637
+  _globals['_CLASSIFIER']._serialized_end=902
 # @@protoc_insertion_point(module_scope)

@@ -44,7 +44,7 @@ class ClassifierInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClassifierInfo(_message.Message):
-    __slots__ = ("model_version", "positive_label", "threshold", "threshold_rule", "image_size", "backend", "max_pixels", "max_request_bytes", "max_batch_items")
+    __slots__ = ("model_version", "positive_label", "threshold", "threshold_rule", "image_size", "backend", "max_pixels", "max_request_bytes", "max_batch_items", "precision", "graph_sha256")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_LABEL_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,8 @@ class ClassifierInfo(_message.Message):
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SHA256_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     positive_label: str
     threshold: float
@@ -63,4 +65,6 @@ class ClassifierInfo(_message.Message):
     max_pixels: int
     max_request_bytes: int
     max_batch_items: int
-    def __init__(self, model_version: _Optional[str] = ..., positive_label: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_rule: _Optional[str] = ..., image_size: _Optional[int] = ..., backend: _Optional[str] = ..., max_pixels: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_batch_items: _Optional[int] = ...) -> None: ...
+    precision: str
+    graph_sha256: str
+    def __init__(self, model_version: _Optional[str] = ..., positive_label: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_rule: _Optional[str] = ..., image_size: _Optional[int] = ..., backend: _Optional[str] = ..., max_pixels: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_batch_items: _Optional[int] = ..., precision: _Optional[str] = ..., graph_sha256: _Optional[str] = ...) -> None: ...
