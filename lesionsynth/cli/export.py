@@ -82,12 +82,6 @@ def export_serving_cmd(
         from models.store import ModelStore
 
         stored = ModelStore(store).publish("classifier-onnx", out)
-        if "int8" in card and not (stored.path / card["int8"]["file"]).is_file():
-            from models.errors import ConfigError
-
-            # The version is model.onnx's: the store already held this version without the INT8 graph.
-            raise ConfigError(
-                f"classifier-onnx {stored.version} was already in the store without {card['int8']['file']}; "
-                "the INT8 graph was not published (remove that version from the store, then publish again)"
-            )
+        # A version already stored without the INT8 graph gets it added (models/store.py); a different
+        # INT8 graph for a version that has one is refused there with an error.
         typer.echo(f"published classifier-onnx {stored.version} to {stored.path}")
