@@ -7,9 +7,10 @@ For each image/mask pair:
 2. noise it to ``strength`` (paper 000: "we extracted the masked part, added noise and transformed them";
    SDEdit, Meng et al. 2022): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at t = strength * T
    (strength 1.0 starts from pure noise);
-3. denoise with a few-step DDIM (Song et al. 2021, Eq. 12; stochastic with eta = 1 by default); after
-   every step re-impose the known part, x_{t-1} <- m * x_{t-1} + (1 - m) * q(x0, t-1)  (the
-   "known region" update of RePaint, Lugmayr et al. 2022, Eq. 8; its resampling is an option);
+3. denoise with a few-step solver (:mod:`models.diffusion.solvers`: DDIM, Song et al. 2021, Eq. 12,
+   stochastic with eta = 1 by default; or DPM-Solver++(2M)); after every step re-impose the
+   known part, x_{t-1} <- m * x_{t-1} + (1 - m) * q(x0, t-1)  (the "known region" update of RePaint,
+   Lugmayr et al. 2022, Eq. 8; its resampling is an option);
 4. resize back and paste with a feathered seam (:mod:`models.diffusion.blend`): pixels outside the
    dilated mask are bit-identical to the input.
 
@@ -37,9 +38,11 @@ from models.diffusion.sampler_settings import (  # noqa: F401  (re-exported: the
     MAX_RESAMPLE,
     MAX_SEED,
     MAX_STEPS,
+    SOLVERS,
     SamplerSettings,
     check_seed,
 )
+from models.diffusion.solvers import denoise
 from models.errors import ParameterError
 
 
@@ -103,14 +106,15 @@ class LesionInpainter:
             x0: (B, 3, R, R) known crops in [-1, 1].
             m:  (B, 1, R, R) region to generate, in {0, 1}.
             seeds: one per crop; every random draw of crop i comes from ``torch.Generator(seeds[i])``.
-            settings: see :class:`SamplerSettings`. With ``resample > 1`` the sample is re-noised back
+            settings: see :class:`SamplerSettings`; ``settings.solver`` picks the step rule
+                (:mod:`models.diffusion.solvers`). With ``resample > 1`` the sample is re-noised back
                 one step between takes (RePaint's resampling, Lugmayr et al. 2022, Algorithm 1 lines
                 4-11, jump length 1), so the generated region adapts to the re-imposed known region.
         Returns:
             (B, 3, R, R) in [-1, 1]; equal to x0 where m == 0.
         """
-        scheduler = build_sample_scheduler(self.scheduler_config)
-        steps, eta, resample = settings.steps, settings.eta, settings.resample
+        scheduler = build_sample_scheduler(self.scheduler_config, settings.solver)
+        steps = settings.steps
         predict_noise = self._noise_predictor(x0.shape[0], settings.guidance)
         scheduler.set_timesteps(steps)
         n_run = min(max(int(round(steps * settings.strength)), 1), steps)
@@ -120,32 +124,31 @@ class LesionInpainter:
         def randn() -> torch.Tensor:
             return torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(self.device)
 
+        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            model_in = torch.cat([x, m], dim=1) if self.config.mask_conditioning else x
+            self.unet_calls += 1
+            return predict_noise(model_in, t.to(self.device))
+
         noise = randn()
         x0, m = x0.to(self.device), m.to(self.device)
         # Let the generator work across the whole feather zone past the mask edge: the seam then blends
         # generated tissue with original tissue instead of a resampled (blurred) copy of the original.
         grow = max(1, int(np.ceil(FEATHER_FRACTION * x0.shape[-1])))
         m_gen = F.max_pool2d(m, kernel_size=2 * grow + 1, stride=1, padding=grow)
-        abar = scheduler.alphas_cumprod.to(self.device)
         x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(x0.shape[0]))
-        for i, t in enumerate(timesteps):
-            last = i + 1 == len(timesteps)
-            for r in range(resample if not last else 1):
-                model_in = torch.cat([x, m], dim=1) if self.config.mask_conditioning else x
-                eps = predict_noise(model_in, t.to(self.device))
-                self.unet_calls += 1
-                variance_noise = randn() if eta > 0 else None
-                x_prev = scheduler.step(eps, t, x, eta=eta, variance_noise=variance_noise).prev_sample
-                if last:
-                    known = x0
-                else:
-                    known = scheduler.add_noise(x0, noise, timesteps[i + 1 : i + 2].repeat(x0.shape[0]))
-                x_prev = m_gen * x_prev + (1 - m_gen) * known
-                if r + 1 < resample and not last:
-                    # q(x_t | x_{t-1}) over the DDIM stride: back up one step and take it again.
-                    ratio = abar[t] / abar[timesteps[i + 1]]
-                    x = ratio.sqrt() * x_prev + (1 - ratio).sqrt() * randn()
-            x = x_prev
+        x = denoise(
+            scheduler,
+            settings.solver,
+            timesteps,
+            x,
+            x0,
+            noise,
+            m_gen,
+            predict,
+            randn,
+            settings.eta,
+            settings.resample,
+        )
         return x.clamp(-1, 1).cpu()
 
     def _noise_predictor(self, batch: int, guidance: float):
@@ -183,6 +186,7 @@ class LesionInpainter:
         eta: float | None = None,
         resample: int | None = None,
         guidance: float | None = None,
+        solver: str | None = None,
     ) -> np.ndarray:
         """One image (H, W, 3) uint8 + mask (H, W) bool -> new image (H, W, 3) uint8."""
         return self.inpaint_batch(
@@ -194,6 +198,7 @@ class LesionInpainter:
             eta=eta,
             resample=resample,
             guidance=guidance,
+            solver=solver,
         )[0]
 
     def inpaint_batch(
@@ -207,6 +212,7 @@ class LesionInpainter:
         eta: float | None = None,
         resample: int | None = None,
         guidance: float | None = None,
+        solver: str | None = None,
     ) -> list[np.ndarray]:
         """Inpaint many pairs, ``self.batch_size`` per UNet batch. Images may differ in size.
 
@@ -214,7 +220,7 @@ class LesionInpainter:
         work starts, so a bad pair fails the call without wasting a UNet pass.
         """
         settings = self.defaults.with_overrides(
-            steps=steps, strength=strength, eta=eta, resample=resample, guidance=guidance
+            steps=steps, strength=strength, eta=eta, resample=resample, guidance=guidance, solver=solver
         )
         if not (len(images) == len(masks) == len(seeds)):
             raise ParameterError("images, masks and seeds must have the same length")

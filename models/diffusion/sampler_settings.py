@@ -1,4 +1,5 @@
-"""How the inpainter samples a region (steps, strength, eta, resample) and the limits on each: torch-free.
+"""How the inpainter samples a region (solver, steps, strength, eta, resample, guidance) and the limits on
+each: torch-free.
 
 Kept apart from :mod:`models.diffusion.inpaint` (which imports torch and diffusers) so the synthesis
 service can validate requests, and ``bentoml serve``'s supervisor process can import the service
@@ -15,6 +16,9 @@ from models.spec import SEED, check_fields, check_value, param
 MAX_STEPS = 200
 MAX_RESAMPLE = 10
 MAX_GUIDANCE = 20.0
+#: The solvers (models/diffusion/solvers.py, schedulers in models/diffusion/config.py): DDIM (Song et al.
+#: 2021), DPM-Solver++(2M) and its SDE variant (Lu et al. 2022). All re-impose the known region every step.
+SOLVERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde")
 
 
 @dataclass(frozen=True)
@@ -29,16 +33,25 @@ class SamplerSettings:
     eps_null) (Ho & Salimans 2022); 1 samples the lesion class's conditional model (one UNet pass), 0 the
     unconditional one, > 1 pushes away from what the classes share. Not 1: the conditional and null passes
     run as one UNet call of twice the batch (counted as one evaluation, about twice the time).
+
+    ``solver``: how each step is taken (:mod:`models.diffusion.solvers`). Every solver costs one UNet
+    evaluation per step; ``eta`` applies to DDIM only (``dpmpp-2m-sde`` is stochastic by construction, the
+    others deterministic given the starting noise); ``resample`` works with every solver.
     """
 
+    solver: str = param(
+        "ddim",
+        choices=SOLVERS,
+        help="Step rule: ddim, or DPM-Solver++(2M) (dpmpp-2m; dpmpp-2m-sde stochastic) for fewer steps.",
+    )
     steps: int = param(
-        25, lo=1, hi=MAX_STEPS, help="DDIM steps over the whole schedule (the run takes steps x strength)."
+        25, lo=1, hi=MAX_STEPS, help="Solver steps over the whole schedule (the run takes steps x strength)."
     )
     strength: float = param(
         1.0, lo=0.0, hi=1.0, lo_open=True, help="Noise level the region starts from; 1 = pure noise."
     )
     eta: float = param(
-        1.0, lo=0.0, hi=1.0, help="DDIM stochasticity (Song et al. 2021, Eq. 16): 0 deterministic."
+        1.0, lo=0.0, hi=1.0, help="DDIM stochasticity (Song et al. 2021, Eq. 16): 0 deterministic; DDIM only."
     )
     resample: int = param(
         1, lo=1, hi=MAX_RESAMPLE, help="Takes per step, re-noising in between (RePaint); each more = 1x time."
@@ -55,7 +68,7 @@ class SamplerSettings:
 
     @property
     def unet_calls(self) -> int:
-        """UNet evaluations per crop."""
+        """UNet evaluations per crop: one per step taken (any solver), ``resample`` per step but the last."""
         n_run = min(max(int(round(self.steps * self.strength)), 1), self.steps)
         return (n_run - 1) * self.resample + 1
 
