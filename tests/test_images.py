@@ -183,3 +183,29 @@ def test_max_pixels_variable_is_parsed_in_one_place(monkeypatch):
         monkeypatch.setenv("LESIONSYNTH_MAX_PIXELS", raw)
         with pytest.raises(ConfigError, match=f"LESIONSYNTH_MAX_PIXELS {needle}"):
             max_pixels_from_env()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "P", "RGBA", "LA"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP"])
+def test_decode_equals_the_previous_conversion_and_is_writable(mode, fmt):
+    """Issue 14: decode_image makes one copy (no convert() of an RGB image, no asarray().copy()); the pixels
+    are those of the previous path, and the array is still the caller's to write into."""
+    if fmt == "JPEG" and mode not in ("RGB", "L"):
+        pytest.skip("JPEG holds no alpha, palette or 1-bit images")
+    rng = np.random.default_rng(1)
+    rgba = Image.fromarray(rng.integers(0, 256, (37, 41, 4), dtype=np.uint8), "RGBA")
+    img = rgba if mode == "RGBA" else rgba.convert(mode)
+    if fmt == "BMP" and mode in ("RGBA", "LA"):
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    data = buf.getvalue()
+    before = Image.open(io.BytesIO(data))
+    if before.mode in ("RGBA", "LA", "PA") or (before.mode == "P" and "transparency" in before.info):
+        before = before.convert("RGBA")
+        before = Image.alpha_composite(Image.new("RGBA", before.size, (0, 0, 0, 255)), before)
+    expected = np.asarray(before.convert("RGB"), dtype=np.uint8).copy()
+    out = decode_image(data)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.uint8 and out.flags.writeable and out.flags.c_contiguous and out.flags.owndata
+    out[0, 0] = 0  # writable without a copy

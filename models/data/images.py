@@ -171,7 +171,11 @@ def decode_image(
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    # One copy into a writable array (convert("RGB") of an RGB image and asarray(...).copy() made two more;
+    # issue 14 profile, docs/PERFORMANCE.md).
+    return np.array(img, dtype=np.uint8)
 
 
 def decode_mask(

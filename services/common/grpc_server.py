@@ -83,6 +83,20 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, service: str):
         self.service = service
+        #: Metric children by label values, looked up once (``.labels()`` checks and locks on every call).
+        self._requests: dict[tuple[str, str], object] = {}
+        self._seconds: dict[str, object] = {}
+
+    def _record(self, method: str, context, started: float, failed: bool) -> None:
+        code = context.code() if failed else None
+        code_name = code.name if code is not None else ("UNKNOWN" if failed else "OK")
+        if (counter := self._requests.get((method, code_name))) is None:
+            counter = GRPC_REQUESTS.labels(service=self.service, method=method, code=code_name)
+            self._requests[(method, code_name)] = counter
+        if (seconds := self._seconds.get(method)) is None:
+            seconds = self._seconds[method] = GRPC_SECONDS.labels(service=self.service, method=method)
+        counter.inc()
+        seconds.observe(time.perf_counter() - started)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -92,10 +106,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         method = name.rsplit("/", 1)[-1]
 
         def record(context, started: float, failed: bool) -> None:
-            code = context.code() if failed else None
-            code_name = code.name if code is not None else ("UNKNOWN" if failed else "OK")
-            GRPC_REQUESTS.labels(service=self.service, method=method, code=code_name).inc()
-            GRPC_SECONDS.labels(service=self.service, method=method).observe(time.perf_counter() - started)
+            self._record(method, context, started, failed)
 
         if handler.unary_unary:
             inner = handler.unary_unary
