@@ -1,9 +1,10 @@
-"""The services benchmark's synthesis part (target <= 1.1x the in-process sampler).
+"""The services benchmark's synthesis part (issue 14's target: <= 1.05x the in-process sampler).
 
 Seconds per request of ``LesionInpainter.inpaint`` in this process vs the synthesis service over REST
 /synthesize and gRPC Synthesize: sequential single requests, same model, images, masks and seeds, default
-sampler settings, the three paths interleaved per request. Model: runs/ph2/synth-uncond when present,
-else a small demo synthesizer trained under runs/bench-services/.
+sampler settings, the three paths interleaved per request. Model: ``--synthesizer`` (with
+``--synth-manifest``), else runs/ph2/synth-uncond when present, else a small demo synthesizer trained under
+runs/bench-services/.
 """
 
 from __future__ import annotations
@@ -27,12 +28,23 @@ from services.harness import SERVICES
 SYNTHESIS_TARGET = SERVICES["synthesis"].target
 
 
-def synthesizer_and_pairs(n: int) -> tuple[Path, list[tuple[np.ndarray, np.ndarray]], str]:
-    """(synthesizer folder, held-out normal image/mask pairs, data name); trains a demo one if needed."""
+def synthesizer_and_pairs(
+    n: int, model: Path | None = None, manifest: Path | None = None
+) -> tuple[Path, list[tuple[np.ndarray, np.ndarray]], str]:
+    """(synthesizer folder, held-out normal image/mask pairs, data name); trains a demo one if needed.
+
+    ``model`` and ``manifest`` (``--synthesizer``/``--synth-manifest``) pick another trained synthesizer
+    and the split manifest whose val/test normal rows (with their own masks) are the requests."""
     from models.data.manifest import load_manifest
     from models.diffusion.folder import load_synthesizer
 
-    if (PH2_SYNTH / "model_card.json").is_file():
+    if model is not None:
+        if manifest is None:
+            raise SystemExit(
+                "--synthesizer needs --synth-manifest (its val/test normal rows are the requests)"
+            )
+        name = f"{manifest.relative_to(REPO) if manifest.is_relative_to(REPO) else manifest}, {model.name}"
+    elif (PH2_SYNTH / "model_card.json").is_file():
         from loadtests.benchmarks.common import ph2_split_manifest
 
         model, manifest, name = PH2_SYNTH, ph2_split_manifest(), "PH2 128 px, runs/ph2/synth-uncond"
@@ -66,7 +78,7 @@ def synthesizer_and_pairs(n: int) -> tuple[Path, list[tuple[np.ndarray, np.ndarr
     rows = [
         r
         for r in load_manifest(manifest, check_files=False).rows
-        if r.split in ("val", "test") and r.label != lesion
+        if r.split in ("val", "test") and r.label != lesion and r.has_mask
     ]
     return model, [row.load() for row in rows[:n]], name
 
@@ -81,7 +93,9 @@ def bench_synthesis(args, log) -> dict:
     from models.diffusion.inpaint import DEFAULTS, LesionInpainter
     from services.grpc_stubs import synthesis_pb2, synthesis_pb2_grpc
 
-    model, pairs, data_name = synthesizer_and_pairs(args.synth_requests)
+    model, pairs, data_name = synthesizer_and_pairs(
+        args.synth_requests, args.synthesizer, args.synth_manifest
+    )
     torch.set_num_threads(args.torch_threads)
     inpainter = LesionInpainter.from_pretrained(model, device="cpu")
     log(
