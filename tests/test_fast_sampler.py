@@ -146,4 +146,18 @@ def test_guidance_runs_with_one_unet_call_per_step(conditional_inpainter, solver
     unguided = conditional_inpainter.sample_crops(x0, m, [0, 1, 2], settings.with_overrides(guidance=1.0))
     assert not torch.equal(a, unguided)
     b = conditional_inpainter.sample_crops(x0[1:], m[1:], [1, 2], settings)
-    assert (b - a[1:]).abs().max() < 5e-5
+    # Batch independence as above; guidance 3 scales the branches' rounding difference by 2 x 3 + 1.
+    assert (b - a[1:]).abs().max() < 3e-4
+
+
+def test_the_default_is_a_fast_solver_and_its_calls_are_counted(inpainter):
+    from models.diffusion.inpaint import DEFAULTS
+
+    assert DEFAULTS.solver != "ddim" and DEFAULTS.unet_calls <= 10
+    x0, m = crops(2)
+    counter = UNetCounter(inpainter.unet)
+    try:
+        inpainter.sample_crops(x0, m, [0, 1], DEFAULTS)
+    finally:
+        counter.handle.remove()
+    assert counter.calls == DEFAULTS.unet_calls

@@ -123,9 +123,10 @@ def test_model_folder_errors(tmp_path, tiny_synth):
 def test_sampler_settings_are_validated_and_counted():
     from models.diffusion.inpaint import DEFAULTS, SamplerSettings
 
-    assert DEFAULTS.unet_calls == 25
-    assert SamplerSettings(strength=0.8, eta=0.0).unet_calls == 20
-    assert SamplerSettings(resample=2).unet_calls == 49
+    assert DEFAULTS.unet_calls == 6  # the default: 6 DPM-Solver++(2M) SDE steps from pure noise
+    assert SamplerSettings(steps=25, strength=0.8, eta=0.0).unet_calls == 20
+    assert SamplerSettings(steps=25, resample=2).unet_calls == 49
+    assert SamplerSettings(strength=0.8).unet_calls == 5 and SamplerSettings(resample=2).unet_calls == 11
     for bad, needle in ((dict(eta=1.5), "eta"), (dict(resample=0), "resample"), (dict(steps=True), "steps")):
         with pytest.raises(ParameterError, match=needle):
             DEFAULTS.with_overrides(**bad)

@@ -126,7 +126,7 @@ def test_cli_commands_offer_the_recipe_options():
         assert {prm.name for prm in cli_parameters(spec)} <= options, command
     # synthesize's sampler options are unset by default: the synthesizer (or the service) decides
     synth = {prm.name: prm for prm in group.commands["synthesize"].params}
-    assert synth["steps"].default is None and "default 25" in synth["steps"].help
+    assert synth["steps"].default is None and "default 6" in synth["steps"].help
 
 
 def test_settings_classes_check_their_fields():

@@ -133,7 +133,7 @@ def test_unset_seed_is_drawn_and_reported(http, pair):
 def test_info_health_reflection_metrics(http, service, inpainter):
     info = http.post("/info").json()
     assert info["model_version"] == inpainter.model_version and info["resolution"] == inpainter.resolution
-    assert info["default_steps"] == 25 and info["max_pixels"] == MAX_PIXELS
+    assert info["default_steps"] == 6 and info["max_pixels"] == MAX_PIXELS
     for path in ("/livez", "/readyz"):
         assert http.get(path).status_code == 200
     channel = grpc.insecure_channel(service.grpc_target)

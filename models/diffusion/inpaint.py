@@ -7,8 +7,8 @@ For each image/mask pair:
 2. noise it to ``strength`` (paper 000: "we extracted the masked part, added noise and transformed them";
    SDEdit, Meng et al. 2022): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at t = strength * T
    (strength 1.0 starts from pure noise);
-3. denoise with a few-step solver (:mod:`models.diffusion.solvers`: DDIM, Song et al. 2021, Eq. 12,
-   stochastic with eta = 1 by default; or DPM-Solver++(2M)); after every step re-impose the
+3. denoise with a few-step solver (:mod:`models.diffusion.solvers`: by default DPM-Solver++(2M), SDE
+   variant, 6 steps, Lu et al. 2022; or DDIM, Song et al. 2021, Eq. 12); after every step re-impose the
    known part, x_{t-1} <- m * x_{t-1} + (1 - m) * q(x0, t-1)  (the "known region" update of RePaint,
    Lugmayr et al. 2022, Eq. 8; its resampling is an option);
 4. resize back and paste with a feathered seam (:mod:`models.diffusion.blend`): pixels outside the
