@@ -73,7 +73,7 @@ def synthesis_grid(
     fig.suptitle(
         title
         or f"synthesizer {card['model_version']} ({kind}{card['steps']} steps, {card['resolution']}px), "
-        f"{settings.steps} DDIM steps, strength {settings.strength}, eta {settings.eta}, "
+        f"{settings.steps} {settings.solver} steps, strength {settings.strength}, eta {settings.eta}, "
         f"resample {settings.resample}",
         fontsize=9,
     )
