@@ -242,7 +242,7 @@ def speedups(results: dict) -> dict:
 def service_client_checked(url: str, precision: str, payloads: list[bytes]):
     import httpx
 
-    info = httpx.get(url + "/info", timeout=30).json()
+    info = httpx.post(url + "/info", timeout=30).json()
     if info.get("precision") != precision:
         raise RuntimeError(f"service at {url} serves {info.get('precision')!r}, not {precision!r}")
     return rest_classify_client(url, payloads)
@@ -280,13 +280,11 @@ def main(argv: list[str] | None = None) -> dict:
     log("export")
     trained = WORK / "serving-trained"
     card = export_both(args.classifier, trained, args.manifest, args.calibration_rows, log)
-    shapes = {"trained": (trained, card)}
+    shapes = {"trained": (trained, card, _arch(args.classifier))}
     if args.production_shape and (args.production_shape / "model_card.json").is_file():
         prod = WORK / "serving-224"
-        shapes["224"] = (
-            prod,
-            export_both(args.production_shape, prod, args.manifest, args.calibration_rows, log),
-        )
+        card = export_both(args.production_shape, prod, args.manifest, args.calibration_rows, log)
+        shapes["224"] = (prod, card, _arch(args.production_shape))
 
     log("accuracy (test split, read once)")
     models = {name: sessions(folder, args.ort_threads) for name, (folder, *_) in shapes.items()}
