@@ -161,3 +161,27 @@ def test_publishing_int8_over_the_same_fp32_version_adds_the_int8_graph(
     card = read_card(stored.path)
     verify_files(stored.path, card)
     assert card["int8"]["sha256"] == read_card(out)["int8"]["sha256"]
+
+
+def test_int8_graph_gets_its_own_threshold_chosen_on_val(int8_folder, demo_manifest, tiny_classifier):
+    """Quantisation shifts probabilities a little; the INT8 graph's operating threshold is chosen on val by
+    the FP32 model's rule (most specific reaching the target sensitivity), and the INT8 model serves it."""
+    from models.classifier.screening import OnnxRuntimeBackend, ScreeningModel
+    from models.data.images import decode_image
+    from models.evaluation.roc import threshold_for_sensitivity
+    from models.export.serving import read_card
+
+    card = read_card(int8_folder)
+    target = json.loads((tiny_classifier / "model_card.json").read_text())["target_sensitivity"]
+    entry = card["int8"]
+    assert "INT8 graph" in entry["threshold_rule"] and f">= {target} on val" in entry["threshold_rule"]
+    int8 = ScreeningModel(int8_folder, OnnxRuntimeBackend(int8_folder / "model.int8.onnx"), precision="int8")
+    fp32 = ScreeningModel(int8_folder, OnnxRuntimeBackend(int8_folder / "model.onnx"))
+    assert int8.threshold == entry["threshold"] and int8.threshold_rule == entry["threshold_rule"]
+    assert fp32.threshold == card["threshold"]
+    rows = load_manifest(demo_manifest, check_files=False).rows_in("val")
+    y = np.array([int(r.label == card["positive_label"]) for r in rows])
+    p8 = int8.probabilities([decode_image(r.image_file) for r in rows]).astype(np.float64)
+    assert entry["threshold"] == pytest.approx(threshold_for_sensitivity(y, p8, target), abs=1e-6)
+    assert entry["val"]["rows"] == len(rows)
+    assert float((p8[y == 1] >= entry["threshold"]).mean()) >= target

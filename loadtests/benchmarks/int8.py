@@ -14,7 +14,7 @@ What is measured:
 * accuracy: both graphs score every test row (the screening code's decode + preprocess, embedded ONNX
   Runtime): AUC with DeLong's CI each, the paired difference (DeLong test, and a stratified paired
   bootstrap CI), sensitivity at 90% specificity each and its paired bootstrap difference, and how many
-  decisions at the card threshold agree;
+  decisions agree, each graph at its own threshold (chosen on val at export) and both at FP32's;
 * throughput, raw ONNX Runtime in this process on preprocessed images: one caller at batch 1 (latency
   bound) and 16 concurrent callers at batch 1 (the services benchmark's ``raw_ort`` row), FP32 and INT8
   interleaved round by round, for the trained model at its own size and for the production shape (the
@@ -59,7 +59,8 @@ def export_both(classifier: Path, serving: Path, manifest: Path, rows: int, log)
         card = read_card(serving)
         source = _classifier_version(classifier)
         calib = card.get("int8", {}).get("calibration", {})
-        if card.get("source_model_version") == source and calib.get("max_rows") == rows:
+        current = "threshold" in card.get("int8", {})  # exports before the INT8 graph had its own
+        if card.get("source_model_version") == source and calib.get("max_rows") == rows and current:
             log(f"  reusing {serving} (source {source})")
             return card
     log(f"  exporting {classifier} -> {serving} (FP32 + INT8, calibration on <= {rows} train rows)")
@@ -85,11 +86,30 @@ def _arch(classifier: Path) -> str:
     return json.loads((classifier / "config.json").read_text())["arch"]
 
 
+def _reusable_throughput(path: Path, shapes: dict) -> dict:
+    import json
+
+    old = json.loads(path.read_text())
+    for name, (_folder, card, _) in shapes.items():
+        was = old["models"].get(name, {})
+        if (was.get("fp32_sha256"), was.get("int8_sha256")) != (
+            card["int8"]["fp32_sha256"],
+            card["int8"]["sha256"],
+        ):
+            raise SystemExit(
+                f"{path}: its {name} graphs are not these; measure again (drop --throughput-from)"
+            )
+    return {**old["throughput"], "measured": old.get("throughput_measured", old["date"])}
+
+
 def sessions(serving: Path, threads: int) -> dict:
     from models.classifier.screening import OnnxRuntimeBackend, ScreeningModel
 
     graphs = {"fp32": serving / "model.onnx", "int8": serving / "model.int8.onnx"}
-    return {p: ScreeningModel(serving, OnnxRuntimeBackend(graphs[p], threads=threads)) for p in PRECISIONS}
+    return {
+        p: ScreeningModel(serving, OnnxRuntimeBackend(graphs[p], threads=threads), precision=p)
+        for p in PRECISIONS
+    }
 
 
 # -- accuracy -------------------------------------------------------------------------------------------
@@ -129,15 +149,22 @@ def accuracy(models: dict, manifest: Path, n_boot: int, log) -> dict:
     per = {}
     for p, s in (("fp32", a), ("int8", b)):
         ci = auc_confidence_interval(y, s)
-        sens, spec = sensitivity_specificity(y, s, fp32.threshold)
+        own = models[p].threshold
+        sens, spec = sensitivity_specificity(y, s, own)
         per[p] = {
             "auc": round(ci.auc, 4),
             "auc_ci95_delong": [round(float(ci.low), 4), round(float(ci.high), 4)],
             "sensitivity_at_90_specificity": round(sensitivity_at_specificity(y, s, 0.9), 4),
-            "at_card_threshold": {"sensitivity": round(sens, 4), "specificity": round(spec, 4)},
+            "threshold": own,
+            "threshold_rule": models[p].threshold_rule,
+            "at_own_threshold": {"sensitivity": round(sens, 4), "specificity": round(spec, 4)},
         }
+    # The INT8 graph under the FP32 threshold: what serving it without its own threshold would do.
+    sens, spec = sensitivity_specificity(y, b, fp32.threshold)
+    per["int8"]["at_fp32_threshold"] = {"sensitivity": round(sens, 4), "specificity": round(spec, 4)}
     test = delong_test(y, a, b)
-    agree = (a >= fp32.threshold) == (b >= fp32.threshold)
+    agree = (a >= fp32.threshold) == (b >= models["int8"].threshold)
+    agree_same = (a >= fp32.threshold) == (b >= fp32.threshold)
     return {
         "split": "test",
         "n": len(rows),
@@ -155,6 +182,7 @@ def accuracy(models: dict, manifest: Path, n_boot: int, log) -> dict:
         "sens_at_90_spec_difference_int8_minus_fp32": paired_difference(
             y, a, b, lambda yy, s: sensitivity_at_specificity(yy, s, 0.9), n_boot
         ),
+        "decisions_agree_at_fp32_threshold": int(agree_same.sum()),
         "decisions_agree": int(agree.sum()),
         "max_abs_probability_difference": round(float(np.abs(a - b).max()), 4),
         "mean_abs_probability_difference": round(float(np.abs(a - b).mean()), 5),
@@ -268,6 +296,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--images", type=int, default=32, help="distinct payload images")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--no-service", action="store_true")
+    ap.add_argument(
+        "--throughput-from",
+        type=Path,
+        help="reuse the throughput section of an earlier run's JSON (its graphs' sha256 must match)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     args = ap.parse_args(argv)
     started = time.time()
@@ -292,6 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"  {acc['per_precision']} diff {acc['auc_difference_int8_minus_fp32']}")
 
     log("throughput")
+    previous = _reusable_throughput(args.throughput_from, shapes) if args.throughput_from else None
     payloads, images = load_payloads(args.manifest, args.images)
     rows: dict = {}
     for name, pair in models.items():
@@ -305,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     service_note = "skipped (--no-service)"
     with contextlib.ExitStack() as stack:
-        if not args.no_service:
+        if not args.no_service and previous is None:
             for p in PRECISIONS:
                 work = WORK / f"service-{p}"
                 env = {
@@ -324,10 +358,20 @@ def main(argv: list[str] | None = None) -> dict:
                 "the classifier service as shipped (4 REST threads, 1 ORT thread each, OMP_NUM_THREADS=1), "
                 "REST /classify, multipart PNG, one image per request"
             )
-        tp = throughput(rows, args, log)
+        if previous is None:
+            tp = throughput(rows, args, log)
+        else:
+            log(f"  reusing the throughput rows of {args.throughput_from} (same graphs)")
+            stack.close()
+            tp = previous["rows"]
+            args.rounds, args.duration = previous["rounds"], previous["measured_s_per_row"]
+            service_note = previous["service"]
 
     result = {
         "command": "python -m loadtests.benchmarks.int8 " + " ".join(argv or []),
+        "throughput_measured": previous["measured"]
+        if previous
+        else datetime.now(UTC).isoformat(timespec="seconds"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "runtime_s": round(time.time() - started, 1),
         "machine": {
@@ -413,26 +457,35 @@ def markdown(r: dict) -> str:
         "",
         f"## Accuracy: ISIC 2017 test split ({acc['n']} images, {acc['positives']} melanoma), `trained` model",
         "",
-        "| graph | AUC | 95% CI (DeLong) | sensitivity at 90% specificity | sens / spec at the card threshold |",
-        "|---|---:|---|---:|---|",
+        "| graph | AUC | 95% CI (DeLong) | sensitivity at 90% specificity | threshold (chosen on val) | "
+        "sens / spec at it |",
+        "|---|---:|---|---:|---:|---|",
     ]
     for p, v in acc["per_precision"].items():
-        t = v["at_card_threshold"]
+        t = v["at_own_threshold"]
         lines.append(
             f"| {p} | {v['auc']:.4f} | {v['auc_ci95_delong'][0]:.3f}-{v['auc_ci95_delong'][1]:.3f} | "
-            f"{v['sensitivity_at_90_specificity']:.3f} | {t['sensitivity']:.3f} / {t['specificity']:.3f} |"
+            f"{v['sensitivity_at_90_specificity']:.3f} | {v['threshold']:.4f} | "
+            f"{t['sensitivity']:.3f} / {t['specificity']:.3f} |"
         )
+    t = acc["per_precision"]["int8"]["at_fp32_threshold"]
+    lines.append(
+        f"| int8 at the FP32 threshold | | | | {acc['threshold']:.4f} | "
+        f"{t['sensitivity']:.3f} / {t['specificity']:.3f} |"
+    )
     d, s = acc["auc_difference_int8_minus_fp32"], acc["sens_at_90_spec_difference_int8_minus_fp32"]
     lines += [
         "",
         f"INT8 - FP32: AUC {d['delong']['difference']:+.4f} (DeLong z {d['delong']['z']}, p {d['delong']['p']}; "
         f"paired stratified bootstrap 95% CI {d['bootstrap']['ci95'][0]:+.4f} to {d['bootstrap']['ci95'][1]:+.4f}, "
         f"{d['bootstrap']['n_boot']} draws); sensitivity at 90% specificity {s['difference']:+.4f} "
-        f"(95% CI {s['ci95'][0]:+.4f} to {s['ci95'][1]:+.4f}). Decisions at the card threshold "
-        f"({acc['threshold']:.4f}, chosen on val for FP32): {acc['decisions_agree']} of {acc['n']} agree; "
+        f"(95% CI {s['ci95'][0]:+.4f} to {s['ci95'][1]:+.4f}). Decisions, each graph at its own threshold: "
+        f"{acc['decisions_agree']} of {acc['n']} agree (both at the FP32 threshold: "
+        f"{acc['decisions_agree_at_fp32_threshold']}); "
         f"|p_int8 - p_fp32| max {acc['max_abs_probability_difference']}, mean {acc['mean_abs_probability_difference']}.",
         "",
-        f"## Throughput ({tp['rounds']} interleaved rounds, {tp['measured_s_per_row']} s measured per row)",
+        f"## Throughput ({tp['rounds']} interleaved rounds, {tp['measured_s_per_row']} s measured per row; "
+        f"measured {r['throughput_measured']})",
         "",
         f"Raw rows: ONNX Runtime in this process on preprocessed images, {tp['ort_intra_op_threads_raw']} intra-op "
         f"threads, batch 1 per call. Service rows: {tp['service']}.",

@@ -193,7 +193,10 @@ class ScreeningModel:
             )
         self.size = int(pre["size"][0])
         self.mean, self.std = pre["mean"], pre["std"]
-        self.threshold = float(self.card["threshold"])
+        # Each graph has its own operating threshold (models/export/int8.py val_threshold).
+        chosen = self.card["int8"] if precision == "int8" else self.card
+        self.threshold = float(chosen.get("threshold", self.card["threshold"]))
+        self.threshold_rule = str(chosen.get("threshold_rule", self.card.get("threshold_rule", "")))
         self.positive_label = str(self.card["positive_label"])
         self.model_version = str(self.card["model_version"])
         self.backend = backend

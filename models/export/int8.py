@@ -5,6 +5,9 @@ Calibration reads ONLY the manifest's ``train`` rows (real rows, and synthetic r
 exactly as screening does (``models.classifier.screening.preprocess``: Pillow resize, the card's mean and
 std). Validation and test rows never reach the calibrator, so they stay a fair check of the INT8 graph.
 
+The INT8 graph gets its own operating threshold, chosen on the manifest's ``val`` rows by the FP32
+model's rule (:func:`val_threshold`), when the FP32 model's was chosen that way (``target_sensitivity``).
+
 Settings: QDQ format, uint8 activations and int8 weights, per-channel weights, MinMax calibration. The
 graph keeps float32 ``image`` in and float32 ``probability`` out, so the service, Triton and clients are
 unchanged. Throughput and the AUC loss against FP32 are measured in the benchmark (issue 14), not here.
@@ -116,4 +119,46 @@ def quantize_graph(
         "fp32_sha256": sha256_file(fp32_graph),
         "calibration": summary,
         "quantisation": dict(SETTINGS),
+    }
+
+
+def val_threshold(
+    graph: str | Path, manifest_path: str | Path, preprocessing: dict, positive_label: str, target: float
+) -> dict:
+    """The INT8 graph's own operating threshold: the most specific one reaching ``target`` sensitivity on
+    the manifest's ``val`` rows, the rule train-classifier applies to the FP32 model.
+
+    Why its own: quantisation keeps the ranking (AUC) but shifts the probabilities by ~0.01-0.03, and a
+    threshold chosen on val sits where scores are dense; on the ISIC 2017 test split the FP32 threshold
+    applied to the INT8 graph flipped 58 of 480 decisions and moved specificity from 0.386 to 0.247
+    (docs/benchmarks/int8.md). Val rows only: the test split stays unseen."""
+    import onnxruntime as ort
+
+    from models.classifier.screening import preprocess
+    from models.data.images import decode_image
+    from models.data.manifest import load_manifest
+    from models.evaluation.roc import sensitivity_specificity, threshold_for_sensitivity
+    from models.review import keeps_row
+
+    rows = [r for r in load_manifest(manifest_path).rows_in("val") if keeps_row(r.fields)]
+    y = np.array([int(r.label == positive_label) for r in rows])
+    if not rows or y.min() == y.max():
+        raise ConfigError(f"{manifest_path}: its val rows need both classes to choose the INT8 threshold")
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    size = int(preprocessing["size"][0])
+    scores = []
+    for i in range(0, len(rows), CALIBRATION_BATCH):
+        images = [
+            decode_image(r.image_file, role=f"row {r.number} image") for r in rows[i : i + CALIBRATION_BATCH]
+        ]
+        batch = preprocess(images, size, preprocessing["mean"], preprocessing["std"])
+        scores.append(session.run(None, {name: batch})[0].reshape(-1))
+    p = np.concatenate(scores).astype(np.float64)
+    threshold = threshold_for_sensitivity(y, p, target)
+    sens, spec = sensitivity_specificity(y, p, threshold)
+    return {
+        "threshold": threshold,
+        "threshold_rule": f"most specific threshold reaching sensitivity >= {target} on val (INT8 graph)",
+        "val": {"rows": len(rows), "sensitivity": round(sens, 4), "specificity": round(spec, 4)},
     }

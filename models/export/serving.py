@@ -87,6 +87,24 @@ def export_serving_folder(
             config_pbtxt(int8_name, size, max_batch_size=max_batch_size, instance_kind="cpu")
         )
         int8_entry["triton_model_name"] = int8_name
+        # Its own operating threshold, by the FP32 model's rule on val (models/export/int8.py
+        # val_threshold); a model whose threshold was not chosen that way keeps the FP32 one.
+        target = _source_card(model_dir).get("target_sensitivity")
+        if target:
+            from models.export.int8 import val_threshold
+
+            int8_entry.update(
+                val_threshold(
+                    out / INT8_GRAPH,
+                    calibration_manifest,
+                    graph_card["preprocessing"],
+                    graph_card["positive_label"],
+                    float(target),
+                )
+            )
+        else:
+            int8_entry["threshold"] = graph_card["threshold"]
+            int8_entry["threshold_rule"] = f"the FP32 model's: {graph_card['threshold_rule']}"
         calibration = int8_entry["calibration"]
         calibration["matches_training_manifest"] = calibration[
             "manifest_sha256"
@@ -108,9 +126,13 @@ def export_serving_folder(
     return write_card(out, card, files, version_file=GRAPH)
 
 
-def _training_manifest_sha256(model_dir: str | Path) -> str | None:
+def _source_card(model_dir: str | Path) -> dict:
     card_path = Path(model_dir) / CARD_NAME
-    return json.loads(card_path.read_text()).get("manifest_sha256") if card_path.is_file() else None
+    return json.loads(card_path.read_text()) if card_path.is_file() else {}
+
+
+def _training_manifest_sha256(model_dir: str | Path) -> str | None:
+    return _source_card(model_dir).get("manifest_sha256")
 
 
 def _link(source: Path, target: Path) -> None:

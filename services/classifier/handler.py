@@ -96,7 +96,7 @@ class ClassifierHandler:
             "model_version": model.model_version,
             "positive_label": model.positive_label,
             "threshold": model.threshold,
-            "threshold_rule": str(model.card.get("threshold_rule", "")),
+            "threshold_rule": model.threshold_rule,
             "image_size": model.size,
             "backend": model.backend.name,
             "precision": model.precision,
