@@ -154,6 +154,7 @@ def _synthesize(
         [img for img, _ in pairs],
         [msk for _, msk in pairs],
         [p.seed for p in chunk],
+        solver=s.solver,
         steps=s.steps,
         strength=s.strength,
         eta=s.eta,

@@ -29,6 +29,7 @@ class BalanceSettings:
     count: int = param(kind="integer", lo=1, hi=1_000_000, help="How many synthetic lesion images to make.")
     out: Path = param(kind="path", help="Output folder (manifest.csv + synthetic/).", job=False)
     seed: int = param(0, kind="seed", help="Which sources and which noise: the same seed, the same images.")
+    solver: str | None = optional(SamplerSettings, "solver")
     steps: int | None = optional(SamplerSettings, "steps")
     strength: float | None = optional(SamplerSettings, "strength")
     eta: float | None = optional(SamplerSettings, "eta")

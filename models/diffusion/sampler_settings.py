@@ -50,10 +50,6 @@ class SamplerSettings:
         "dpmpp-2m-sde",
         choices=SOLVERS,
         help="Step rule: ddim, or DPM-Solver++(2M) (dpmpp-2m; dpmpp-2m-sde stochastic) for fewer steps.",
-        # Not a CLI option yet: synthesize/grid --remote hand every sampler option to RemoteInpainter,
-        # which does not take this one, and balance's settings do not carry it (Python API only).
-        cli=False,
-        job=False,
     )
     steps: int = param(
         6, lo=1, hi=MAX_STEPS, help="Solver steps over the whole schedule (the run takes steps x strength)."

@@ -29,11 +29,12 @@ class RemoteInpainter:
         eta: float | None = None,
         resample: int | None = None,
         guidance: float | None = None,
+        solver: str | None = None,
     ) -> list[np.ndarray]:
-        if eta is not None or resample is not None or guidance is not None:
+        if eta is not None or resample is not None or guidance is not None or solver is not None:
             raise ConfigError(
-                "--eta, --resample and --guidance are not offered by the synthesis API; leave them unset "
-                "with --remote"
+                "--solver, --eta, --resample and --guidance are not offered by the synthesis API (the "
+                "service samples with its own defaults, reported by /info); leave them unset with --remote"
             )
         for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
             check_pair(image, mask, role=f"pair {i}")
