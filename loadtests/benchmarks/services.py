@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
+    for name in ("synthesizer", "synth_manifest"):  # the report names them relative to the repo
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
 
     started = time.perf_counter()
 
@@ -125,6 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if "classifier" not in args.skip:
         result["classifier"] = bench_classifier(args, log)
+        # Kept at once: a later failure must not lose minutes of measurement.
+        from models.artifacts import atomic_write_json
+
+        atomic_write_json(WORK / "history" / "services-partial.json", result)
     if "synthesis" not in args.skip:
         result["synthesis"] = bench_synthesis(args, log)
     result["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
