@@ -36,7 +36,7 @@ def test_benchmark_reports_calls_times_and_quality(tmp_path, tiny_synth, demo_ma
         assert saved[key] > 0
     assert saved["ours_unet_calls"] == 6  # the default: 6 DPM-Solver++(2M) SDE steps from pure noise
     assert saved["variants"]["ours_resample2"]["unet_calls"] == 11  # (6 - 1) x 2 + 1
-    assert saved["variants"]["ours_ddim_partial"]["unet_calls"] == 5  # round(6 x 0.8)
+    assert saved["variants"]["ours_ddim_partial"]["unet_calls"] == 20  # pinned to DDIM 25: round(25 x 0.8)
     # RePaint's default schedule: 250 steps with 10 resampling jumps of 10: about 2,400 calls per image.
     assert 2300 <= saved["repaint_unet_calls"] <= 2500
     assert saved["unet_call_ratio"] >= 40
