@@ -187,14 +187,8 @@ class ModelStore:
             return
         staging_root = self.root / STAGING
         staging = staging_root / uuid.uuid4().hex
-        staging.mkdir()
         try:
-            self._copy_model(folder, card, staging)
-            problem = _verify(staging, card)
-            if problem:
-                raise ModelFolderError(
-                    f"cannot publish {folder}: {problem} (the folder is corrupted or still being written)"
-                )
+            self._stage(folder, card, staging)
             os.utime(staging / CARD_NAME)  # its mtime is the publish time
             _fsync(staging)
             if target.is_dir() and not self._intact(target, kind):
@@ -212,6 +206,17 @@ class ModelStore:
             _fsync(target.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _stage(self, folder: Path, card: dict, staging: Path) -> None:
+        """Copy the files ``card`` lists from ``folder`` into a new ``staging`` folder and check their
+        sha256 there (what a publish renames into the store is what was verified)."""
+        staging.mkdir()
+        self._copy_model(folder, card, staging)
+        problem = _verify(staging, card)
+        if problem:
+            raise ModelFolderError(
+                f"cannot publish {folder}: {problem} (the folder is corrupted or still being written)"
+            )
 
     def _add_int8(self, kind: str, folder: Path, card: dict, target: Path) -> None:
         """Add ``folder``'s INT8 graph to the stored version ``target`` if it lacks one (see the docstring).
@@ -252,14 +257,8 @@ class ModelStore:
                 )
             added = {"files": {n: card["files"][n] for n in names}}
             staging = self.root / STAGING / uuid.uuid4().hex
-            staging.mkdir()
             try:
-                self._copy_model(folder, added, staging)
-                problem = _verify(staging, added)
-                if problem:
-                    raise ModelFolderError(
-                        f"cannot publish {folder}: {problem} (the folder is corrupted or still being written)"
-                    )
+                self._stage(folder, added, staging)
                 new_card = {**stored, "int8": entry, "files": {**stored["files"], **added["files"]}}
                 staged_card = staging / f"{CARD_NAME}.new"
                 staged_card.write_text(json.dumps(new_card, indent=2, sort_keys=True) + "\n")
