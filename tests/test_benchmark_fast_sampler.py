@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from loadtests.benchmarks import fast_sampler as fs
+from loadtests.benchmarks import fast_sampler_report as report
 
 
 def test_region_laplacian_reads_the_region_interior_only():
@@ -84,12 +85,12 @@ def test_recommendation_follows_the_rule_on_crop_figures():
     keep = _result({**base, "dpmpp-2m-sde-6": (10.9, 4.1, 0.46), "dpmpp-2m-sde-10": (10.0, 5.0, 0.5)})
     assert keep["crop_check"]["recommendation"]["action"] == "keep"
     keep["crop_check"]["rows"]["dpmpp-2m-sde-10"]["region_laplacian"] = 0.2  # 4x the reference's
-    text = fs.crop_markdown(keep)
+    text = report.crop_markdown(keep)
     assert "keep `dpmpp-2m-sde-6`" in text and "`dpmpp-2m-sde-10` scores the most melanoma-like" in text
     switch = _result({**base, "dpmpp-2m-sde-6": (11.5, 5.0, 0.5), "dpmpp-2m-sde-10": (10.0, 5.0, 0.5)})
     rec = switch["crop_check"]["recommendation"]
     assert rec["action"] == "switch" and rec["recommended"] == "ddim-10 (control)"  # tie on calls: lower KID
-    assert "replace `dpmpp-2m-sde-6`" in fs.crop_markdown(switch)
+    assert "replace `dpmpp-2m-sde-6`" in report.crop_markdown(switch)
     # Only the (unshippable) trailing control passes: revert.
     revert = _result(
         {
@@ -103,4 +104,4 @@ def test_recommendation_follows_the_rule_on_crop_figures():
     rec = revert["crop_check"]["recommendation"]
     assert rec["action"] == "revert" and rec["recommended"] == fs.REFERENCE
     assert rec["passing"] == ["ddim-10-trailing (control)"]
-    assert "post-hoc robustness check" in fs.crop_markdown(revert)
+    assert "post-hoc robustness check" in report.crop_markdown(revert)
