@@ -63,6 +63,15 @@ def calibration_rows(manifest_path: str | Path, max_rows: int, seed: int = 0) ->
     return rows, summary
 
 
+def _inputs(rows: Sequence, preprocessing: dict) -> np.ndarray:
+    """(N, 3, S, S) float32: the rows' images decoded and preprocessed exactly as screening does."""
+    from models.classifier.screening import preprocess
+    from models.data.images import decode_image
+
+    images = [decode_image(r.image_file, role=f"row {r.number} image") for r in rows]
+    return preprocess(images, int(preprocessing["size"][0]), preprocessing["mean"], preprocessing["std"])
+
+
 class _Reader:
     """onnxruntime.quantization CalibrationDataReader over preprocessed batches."""
 
@@ -88,14 +97,10 @@ def quantize_graph(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from models.classifier.screening import preprocess
-    from models.data.images import decode_image
     from models.export.graph import INPUT_NAME
 
     rows, summary = calibration_rows(manifest_path, max_rows, seed)
-    size = int(preprocessing["size"][0])
-    images = [decode_image(r.image_file, role=f"row {r.number} image") for r in rows]
-    batch = preprocess(images, size, preprocessing["mean"], preprocessing["std"])
+    batch = _inputs(rows, preprocessing)
     batches = [batch[i : i + CALIBRATION_BATCH] for i in range(0, len(batch), CALIBRATION_BATCH)]
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix=".int8.", dir=out.parent) as tmp:
@@ -134,8 +139,6 @@ def val_threshold(
     (docs/benchmarks/int8.md). Val rows only: the test split stays unseen."""
     import onnxruntime as ort
 
-    from models.classifier.screening import preprocess
-    from models.data.images import decode_image
     from models.data.manifest import load_manifest
     from models.evaluation.roc import sensitivity_specificity, threshold_for_sensitivity
     from models.review import keeps_row
@@ -144,16 +147,13 @@ def val_threshold(
     y = np.array([int(r.label == positive_label) for r in rows])
     if not rows or y.min() == y.max():
         raise ConfigError(f"{manifest_path}: its val rows need both classes to choose the INT8 threshold")
+    # The CPU provider, as the INT8 graph is served (a GPU build of onnxruntime would otherwise pick CUDA).
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    size = int(preprocessing["size"][0])
-    scores = []
-    for i in range(0, len(rows), CALIBRATION_BATCH):
-        images = [
-            decode_image(r.image_file, role=f"row {r.number} image") for r in rows[i : i + CALIBRATION_BATCH]
-        ]
-        batch = preprocess(images, size, preprocessing["mean"], preprocessing["std"])
-        scores.append(session.run(None, {name: batch})[0].reshape(-1))
+    scores = [
+        session.run(None, {name: _inputs(rows[i : i + CALIBRATION_BATCH], preprocessing)})[0].reshape(-1)
+        for i in range(0, len(rows), CALIBRATION_BATCH)
+    ]
     p = np.concatenate(scores).astype(np.float64)
     threshold = threshold_for_sensitivity(y, p, target)
     sens, spec = sensitivity_specificity(y, p, threshold)

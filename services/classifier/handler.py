@@ -23,6 +23,7 @@ from models.classifier.screening import (
 )
 from models.data.images import decode_image
 from models.errors import BackendUnavailable, ParameterError
+from models.export.serving import read_card
 from services.classifier import metrics
 from services.classifier.settings import ClassifierSettings
 from services.common.metrics import set_model
@@ -65,13 +66,13 @@ class ClassifierHandler:
 
     def _load(self, folder: Path) -> ScreeningModel:
         s = self.settings
+        card = read_card(folder)
         # Refuses a precision the folder lacks (ModelFolderError naming its version) before any backend.
-        graph, _ = serving_graph(folder, s.precision)
+        graph, _ = serving_graph(folder, s.precision, card)
         if s.triton_url:
             from models.classifier.triton_backend import TritonBackend
-            from models.export.serving import read_card
 
-            name = s.triton_model or triton_model_name(read_card(folder), s.precision)
+            name = s.triton_model or triton_model_name(card, s.precision)
             backend = TritonBackend(s.triton_url, name, timeout_s=s.triton_timeout_s)
         else:
             backend = OnnxRuntimeBackend(graph, threads=s.ort_threads)

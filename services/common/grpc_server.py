@@ -105,9 +105,6 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             return handler
         method = name.rsplit("/", 1)[-1]
 
-        def record(context, started: float, failed: bool) -> None:
-            self._record(method, context, started, failed)
-
         if handler.unary_unary:
             inner = handler.unary_unary
 
@@ -118,7 +115,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                     failed = False
                     return response
                 finally:
-                    record(context, started, failed)
+                    self._record(method, context, started, failed)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
@@ -132,7 +129,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                     yield from inner_stream(request, context)
                     failed = False
                 finally:
-                    record(context, started, failed)
+                    self._record(method, context, started, failed)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
